@@ -1,0 +1,176 @@
+"""The `tunelab` command. Each command parses arguments and calls one workflow function."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import typer  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from tunelab.console import console  # noqa: E402
+from tunelab.errors import TunelabError  # noqa: E402
+
+app = typer.Typer(
+    help="Adapt pretrained language models to real tasks, measure before vs after, ship the result.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
+)
+
+RecipeArg = Annotated[Optional[str], typer.Argument(help="packaged recipe name or YAML path (default: sentiment-lora)")]
+OverridesArg = Annotated[Optional[list[str]], typer.Argument(help="dotted overrides, e.g. method.r=16 train.lr=3e-4")]
+
+
+def _split_recipe(recipe: str | None, overrides: list[str] | None) -> tuple[str | None, list[str]]:
+    """`tunelab train method.r=4` has no recipe: the first argument is an override."""
+    overrides = list(overrides or [])
+    if recipe and "=" in recipe:
+        return None, [recipe, *overrides]
+    return recipe, overrides
+
+
+@app.command()
+def train(
+    recipe: RecipeArg = None,
+    overrides: OverridesArg = None,
+    resume: Annotated[Optional[str], typer.Option(help="continue this run folder from its latest checkpoint")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace a run already in output.dir")] = False,
+):
+    """Fine-tune a model on a recipe; evaluates the test split before and after training."""
+    from tunelab.config import load_config
+    from tunelab.workflows.train import train as run_train
+
+    if resume:
+        if recipe or overrides:
+            raise TunelabError("--resume continues a run under its saved config; drop the recipe and overrides")
+        run_train(resume=resume)
+        return
+    recipe, overrides = _split_recipe(recipe, overrides)
+    run_train(load_config(recipe, overrides), overwrite=overwrite)
+
+
+@app.command("eval")
+def eval_(
+    run: Annotated[str, typer.Argument(help="run folder")],
+    split: Annotated[str, typer.Option(help="test or validation")] = "test",
+    file: Annotated[Optional[str], typer.Option(help="evaluate on this labelled file instead")] = None,
+):
+    """Evaluate a finished run on its test split (or a labelled file)."""
+    from tunelab.workflows.evaluate import evaluate_run
+
+    if split not in ("test", "validation", "train"):
+        raise TunelabError(f"--split must be test, validation or train, not '{split}'")
+    evaluate_run(run, split, file)
+
+
+@app.command()
+def predict(
+    run: Annotated[str, typer.Argument(help="run folder")],
+    texts: Annotated[Optional[list[str]], typer.Argument(help="texts to classify")] = None,
+    file: Annotated[Optional[str], typer.Option(help="CSV/JSONL/Parquet file of texts")] = None,
+    out: Annotated[Optional[str], typer.Option(help="where --file predictions go (CSV or JSONL)")] = None,
+    text_column: Annotated[Optional[str], typer.Option(help="column of --file holding the text")] = None,
+):
+    """Predict labels for texts with a finished run."""
+    from tunelab.workflows.common import load_run
+    from tunelab.workflows.evaluate import predict_file, predict_texts
+
+    if not texts and not file:
+        raise TunelabError('give texts (tunelab predict RUN "some text") or --file in.csv --out out.csv')
+    if file and not out:
+        raise TunelabError("--file needs --out PATH for the predictions")
+    lr = load_run(run)
+    if file:
+        n = predict_file(lr, file, out, text_column)
+        console.print(f"Wrote {n} predictions to {out}")
+    if texts:
+        table = Table(header_style="bold")
+        table.add_column("text")
+        table.add_column("label")
+        table.add_column("score", justify="right")
+        for p in predict_texts(lr, texts):
+            table.add_row(p["text"], p["label"], f"{p['score']:.3f}")
+        console.print(table)
+
+
+@app.command()
+def recipes():
+    """List the packaged recipes."""
+    from tunelab.recipes import describe, recipe_names
+
+    table = Table(header_style="bold")
+    table.add_column("recipe")
+    table.add_column("description")
+    for name in recipe_names():
+        table.add_row(name, describe(name))
+    console.print(table)
+
+
+@app.command()
+def models():
+    """List the packaged models (short names usable as model.name)."""
+    from tunelab.models.catalog import CATALOG
+
+    table = Table(header_style="bold")
+    for col in ("name", "architecture", "description", "package"):
+        table.add_column(col)
+    for name, m in CATALOG.items():
+        table.add_row(name, m.architecture, m.description, m.pip)
+    console.print(table)
+
+
+@app.command()
+def data():
+    """List the packaged datasets (short names usable as data.name)."""
+    from tunelab.data.catalog import DATASETS
+
+    table = Table(header_style="bold")
+    for col in ("name", "task", "description", "licence"):
+        table.add_column(col)
+    for name, d in DATASETS.items():
+        table.add_row(name, d.task, d.description, d.licence)
+    console.print(table)
+
+
+@app.command()
+def params(
+    recipe: RecipeArg = None,
+    overrides: OverridesArg = None,
+    shape: Annotated[Optional[str], typer.Option(help="just count LoRA parameters for one DxK matrix, e.g. 512x512")] = None,
+    r: Annotated[int, typer.Option(help="rank for --shape")] = 8,
+):
+    """Trainable vs total parameters of a model + method (or of LoRA on one matrix with --shape)."""
+    from tunelab.methods.params import lora_matrix_params, parameter_table
+
+    if shape:
+        try:
+            d, k = (int(x) for x in shape.lower().split("x"))
+        except ValueError:
+            raise TunelabError(f"--shape must look like 512x512, not '{shape}'") from None
+        full, lora = d * k, lora_matrix_params(d, k, r)
+        console.print(f"{d}x{k} matrix: full fine-tuning trains {full:,} parameters; LoRA r={r} trains "
+                      f"B ({d}x{r}) + A ({r}x{k}) = {lora:,} ({100 * lora / full:.3f}%)")
+        return
+    from tunelab.config import load_config
+
+    recipe, overrides = _split_recipe(recipe, overrides)
+    console.print(parameter_table(load_config(recipe, overrides)))
+
+
+def main() -> None:
+    try:
+        app()
+    except TunelabError as e:
+        console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]; resume a run with `tunelab train --resume RUN`")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

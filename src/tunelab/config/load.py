@@ -1,0 +1,143 @@
+"""Load a recipe: YAML file (or packaged recipe name) + dotted overrides -> validated RunConfig."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from tunelab.config.schema import MethodConfig, RunConfig
+from tunelab.errors import TunelabError
+
+DEFAULT_RECIPE = "sentiment-lora"
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`["method.r=16", "train.lr=3e-4"]` -> nested dict. Values are parsed as YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise TunelabError(f"override '{item}' is not key=value; write e.g. train.lr=3e-4")
+        key, _, raw = item.partition("=")
+        if not key or any(not part for part in key.split(".")):
+            raise TunelabError(f"override '{item}' has an empty key; write e.g. method.r=16")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        # YAML reads "3e-4" as a string (no dot); numbers are what the user meant.
+        if isinstance(value, str):
+            try:
+                value = float(value) if any(c in value for c in "eE.") else value
+            except ValueError:
+                pass
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise TunelabError(f"override '{item}' conflicts with another override of '{part}'")
+        node[leaf] = value
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_recipe(recipe: str | Path | None) -> tuple[dict, str]:
+    """Return (raw dict, source description). `recipe` is a YAML path or a packaged recipe name."""
+    from tunelab.recipes import find_recipe
+
+    path = find_recipe(recipe or DEFAULT_RECIPE)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise TunelabError(f"recipe {path} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise TunelabError(f"recipe {path} must be a mapping of sections (model:, data:, ...)")
+    raw.setdefault("name", path.stem)
+    return raw, str(path)
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
+    raw, _ = read_recipe(recipe)
+    if overrides:
+        raw = _merge(raw, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
+    return validate_config(raw)
+
+
+def validate_config(raw: dict) -> RunConfig:
+    from tunelab.methods import get_method, method_names
+
+    raw = copy.deepcopy(raw)
+    method_raw = raw.get("method") or {}
+    if not isinstance(method_raw, dict):
+        raise TunelabError("method: must be a section such as {name: lora, r: 8}")
+    name = method_raw.get("name", MethodConfig().name)
+    try:
+        method_cls = get_method(name).config_cls
+    except KeyError:
+        raise TunelabError(_unknown_choice("method.name", name, method_names())) from None
+    try:
+        method_cfg = method_cls.model_validate(method_raw)
+    except ValidationError as e:
+        raise TunelabError(_explain(e, method_cls, prefix="method.")) from None
+    raw["method"] = method_cfg
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise TunelabError(_explain(e, RunConfig)) from None
+
+
+def _unknown_choice(key: str, value: Any, choices: list[str]) -> str:
+    close = difflib.get_close_matches(str(value), choices, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return f"{key}: unknown value '{value}'; {hint}choose one of: {', '.join(choices)}"
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Valid field names of the (nested) section at `loc`."""
+    cls: Any = model
+    for part in loc:
+        field = getattr(cls, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if cls is None:
+            return []
+    return list(cls.model_fields)
+
+
+def _explain(err: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
+    msgs = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not isinstance(p, int))
+        key = prefix + ".".join(str(p) for p in loc)
+        if e["type"] == "extra_forbidden":
+            valid = _fields_at(model, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+            hint = f"did you mean '{prefix + '.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else (
+                f"valid keys here: {', '.join(valid)}"
+            )
+            msgs.append(f"unknown key '{key}'; {hint}")
+        elif e["type"] == "literal_error":
+            msgs.append(f"{key}: {e['msg'].lower()}, got {e['input']!r}")
+        elif e["type"] == "value_error":
+            msgs.append(e["msg"].removeprefix("Value error, "))
+        else:
+            msgs.append(f"{key}: {e['msg'].lower()}, got {e['input']!r}" if key else e["msg"])
+    return "; ".join(msgs)

@@ -1,0 +1,112 @@
+"""The one validated config schema. Every section rejects unknown keys (`extra="forbid"`); the loader
+turns pydantic's errors into a one-line message that suggests the closest valid key.
+
+Method sections are defined next to each method (tunelab/methods/<name>/) and looked up by
+`method.name`, so adding a method never touches this file.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name: str = Field("minilm", description="catalog short name, local folder, or hub id")
+    max_length: int = Field(128, ge=8, le=32768, description="truncate inputs to this many tokens")
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+
+class SplitConfig(Section):
+    validation: float = Field(0.1, gt=0, lt=0.5)
+    test: float = Field(0.1, gt=0, lt=0.5)
+    seed: int = Field(1234, description="fixed split seed, independent of the training seed")
+
+
+class DataConfig(Section):
+    name: str | None = Field("tweets-sentiment", description="packaged dataset (see `tunelab data`)")
+    path: str | None = Field(None, description="user file (CSV, JSONL, JSON, Parquet), split automatically")
+    train_path: str | None = None
+    validation_path: str | None = None
+    test_path: str | None = None
+    format: Literal["auto", "csv", "jsonl", "json", "parquet"] = "auto"
+    encoding: str = "utf-8"
+    text_column: str = "text"
+    label_column: str = "label"
+    split: SplitConfig = SplitConfig()
+    dedupe: bool = Field(True, description="drop exact duplicate texts before splitting")
+    max_train_samples: int | None = Field(None, ge=1, description="stratified subsample of train")
+    max_eval_samples: int | None = Field(None, ge=1, description="stratified subsample of validation/test")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if self.path or self.train_path:
+            self.__dict__["name"] = None  # a user file replaces the packaged default
+        if self.path and self.train_path:
+            raise ValueError("set either data.path (one file, split for you) or data.train_path, not both")
+        if not (self.name or self.path or self.train_path):
+            raise ValueError("no data: set data.name, data.path or data.train_path")
+        return self
+
+
+class TaskConfig(Section):
+    type: Literal["classification"] = "classification"
+    labels: list[str] | None = Field(None, description="label order; default: sorted names from train")
+
+
+class MethodConfig(Section):
+    """Base of every method's section; subclasses live in tunelab/methods/<name>/."""
+
+    name: str = "lora"
+
+
+class TrainConfig(Section):
+    epochs: float = Field(3, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    batch_size: int = Field(32, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast where the CPU/GPU supports it, else fp32"
+    )
+    group_by_length: bool = True
+    eval_every_steps: int | None = Field(None, ge=1, description="default: once per epoch")
+    save_every_steps: int | None = Field(None, ge=1, description="default: once per epoch")
+    keep_checkpoints: int = Field(2, ge=1)
+    early_stopping_patience: int | None = Field(None, ge=1)
+    metric_for_best: str = "macro_f1"
+    threads: int | None = Field(None, ge=1, description="torch threads; default: physical cores")
+
+
+class EvalConfig(Section):
+    batch_size: int = Field(64, ge=1)
+    before: bool = Field(True, description="evaluate the test split before training too")
+
+
+class OutputConfig(Section):
+    root: str = "runs"
+    name: str | None = Field(None, description="run name; default: the recipe name")
+    dir: str | None = Field(None, description="exact run folder (instead of root/name-timestamp)")
+
+
+class RunConfig(Section):
+    name: str = "run"
+    description: str = ""
+    seed: int = 42
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    task: TaskConfig = TaskConfig()
+    method: SerializeAsAny[MethodConfig] = MethodConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    output: OutputConfig = OutputConfig()

@@ -1,0 +1,72 @@
+"""The one interface every adaptation method implements: apply to a model, list what trains, save,
+load, merge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from torch import nn
+
+from tunelab.config.schema import MethodConfig
+from tunelab.errors import TunelabError
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available under `cls.name` in recipes and the CLI."""
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise RuntimeError(f"method '{cls.name}' registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def registry() -> dict[str, type[Method]]:
+    return dict(_REGISTRY)
+
+
+class Method:
+    name: ClassVar[str]
+    config_cls: ClassVar[type[MethodConfig]]
+    #: "peft" methods save a folder plain `peft.PeftModel.from_pretrained` loads.
+    format: ClassVar[str] = "peft"
+
+    def __init__(self, cfg: MethodConfig):
+        self.cfg = cfg
+
+    def apply(self, model: nn.Module, *, head_modules: list[str], peft_task_type: str | None) -> nn.Module:
+        """Return the model made ready for training: only this method's parameters (and the new task
+        head) have requires_grad=True."""
+        raise NotImplementedError
+
+    def save(self, model: nn.Module, out_dir: Path) -> None:
+        raise NotImplementedError
+
+    def load(self, base: nn.Module, adapter_dir: Path, *, trainable: bool = False) -> nn.Module:
+        raise NotImplementedError
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        raise TunelabError(f"method '{self.name}' cannot be merged into the base weights")
+
+
+def check_target_modules(model: nn.Module, targets: list[str] | str | None) -> None:
+    """Fail early, with the names that do exist, when a target module is not in the model."""
+    if targets is None or isinstance(targets, str):  # None: library default; str: a regex
+        return
+    names = [n for n, _ in model.named_modules()]
+    leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)
+                     or type(m).__name__ == "Conv1D"})
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise TunelabError(
+            f"target module(s) {', '.join(missing)} not found in the model; "
+            f"linear layers it has: {', '.join(leaves)} (set method.target_modules)"
+        )
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

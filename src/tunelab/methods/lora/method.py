@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import peft
+from pydantic import Field
+from torch import nn
+
+from tunelab.config.schema import MethodConfig
+from tunelab.methods.base import Method, check_target_modules, register
+
+
+class LoraConfig(MethodConfig):
+    name: Literal["lora"] = "lora"
+    r: int = Field(8, ge=1, description="rank of the update B @ A")
+    alpha: float = Field(16, gt=0, description="scaling numerator: update is (alpha / r) * B @ A")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    target_modules: list[str] | str | None = Field(
+        None, description="module names (or a regex); default: peft's choice for the architecture"
+    )
+    bias: Literal["none", "all", "lora_only"] = "none"
+    use_rslora: bool = Field(False, description="scale by alpha / sqrt(r) (rank-stabilized LoRA)")
+    use_dora: bool = Field(False, description="weight-decomposed LoRA (DoRA)")
+    init: Literal["default", "gaussian", "pissa", "olora"] = "default"
+
+
+@register
+class LoraMethod(Method):
+    name = "lora"
+    config_cls = LoraConfig
+
+    def peft_config(self, head_modules: list[str], peft_task_type: str | None) -> peft.LoraConfig:
+        c = self.cfg
+        return peft.LoraConfig(
+            task_type=peft_task_type,
+            r=c.r,
+            lora_alpha=c.alpha,
+            lora_dropout=c.dropout,
+            target_modules=c.target_modules,
+            bias=c.bias,
+            use_rslora=c.use_rslora,
+            use_dora=c.use_dora,
+            init_lora_weights={"default": True}.get(c.init, c.init),
+            # The new task head is trained in full and saved inside the adapter folder, so the
+            # adapter alone restores the fine-tuned classifier.
+            modules_to_save=list(head_modules) or None,
+        )
+
+    def apply(self, model, *, head_modules, peft_task_type):
+        check_target_modules(model, self.cfg.target_modules)
+        return peft.get_peft_model(model, self.peft_config(head_modules, peft_task_type))
+
+    def save(self, model: peft.PeftModel, out_dir: Path) -> None:
+        model.save_pretrained(str(out_dir), safe_serialization=True)
+
+    def load(self, base: nn.Module, adapter_dir: Path, *, trainable: bool = False) -> nn.Module:
+        return peft.PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+
+    def merge(self, model: peft.PeftModel) -> nn.Module:
+        return model.merge_and_unload()

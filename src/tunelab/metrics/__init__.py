@@ -1,0 +1,1 @@
+"""Task metrics, computed with the reference libraries (scikit-learn here)."""

@@ -1,0 +1,139 @@
+"""Sequence classification (sentiment and any labelled text) on encoder or decoder backbones with a
+new classification head."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from tunelab.config.schema import ModelConfig
+from tunelab.console import task_bar
+from tunelab.metrics.classification import classification_metrics
+from tunelab.models.catalog import load_error, resolve_model
+from tunelab.train.precision import autocast
+
+
+@dataclass
+class Encoded:
+    """Tokenized examples, unpadded; padding happens per batch (dynamic padding)."""
+
+    input_ids: list[list[int]]
+    labels: np.ndarray | None
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+class ClassificationTask:
+    type = "classification"
+    peft_task_type = "SEQ_CLS"
+    higher_is_better = {"macro_f1": True, "accuracy": True, "weighted_f1": True, "loss": False}
+
+    # -- model ---------------------------------------------------------------------------------
+    def load(self, model_cfg: ModelConfig, labels: list[str]):
+        """Tokenizer and backbone with a new, randomly initialized head of len(labels) outputs."""
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        path = resolve_model(model_cfg.name)
+        kwargs = dict(trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision)
+        try:
+            tok = AutoTokenizer.from_pretrained(path, **kwargs)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path,
+                num_labels=len(labels),
+                id2label=dict(enumerate(labels)),
+                label2id={name: i for i, name in enumerate(labels)},
+                **kwargs,
+            )
+        except OSError as e:
+            raise load_error(model_cfg.name, e) from None
+        if tok.pad_token is None:  # decoder-only tokenizers (GPT-2, Llama) ship without one
+            tok.pad_token = tok.eos_token
+        model.config.pad_token_id = tok.pad_token_id
+        return tok, model
+
+    @staticmethod
+    def head_modules(model) -> list[str]:
+        return [n for n in ("classifier", "score") if hasattr(model, n)]
+
+    # -- data ----------------------------------------------------------------------------------
+    def encode(self, tokenizer, df, labels: list[str], max_length: int, desc: str = "Tokenizing") -> Encoded:
+        texts = df["text"].tolist()
+        ids: list[list[int]] = []
+        chunk = 2048
+        with task_bar(desc, total=len(texts)) as advance:
+            for i in range(0, len(texts), chunk):
+                part = texts[i : i + chunk]
+                ids.extend(tokenizer(part, truncation=True, max_length=max_length)["input_ids"])
+                advance(len(part))
+        y = None
+        if "label" in df.columns:
+            index = {name: i for i, name in enumerate(labels)}
+            y = np.array([index[v] for v in df["label"]], dtype=np.int64)
+        return Encoded(ids, y)
+
+    @staticmethod
+    def batches(enc: Encoded, batch_size: int, rng: np.random.Generator | None, group_by_length: bool) -> list[np.ndarray]:
+        """Index batches. Training (rng given): shuffled; with grouping, examples of similar length
+        share a batch (sorted inside windows of 50 batches) so little compute goes to padding."""
+        n = len(enc)
+        order = rng.permutation(n) if rng is not None else np.arange(n)
+        if group_by_length:
+            lengths = enc.lengths
+            window = batch_size * 50
+            order = np.concatenate(
+                [w[np.argsort(-lengths[w], kind="stable")] for w in np.array_split(order, max(1, math.ceil(n / window)))]
+            ) if n else order
+        out = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+        if rng is not None and group_by_length:
+            out = [out[i] for i in rng.permutation(len(out))]
+        return out
+
+    @staticmethod
+    def collate(tokenizer, enc: Encoded, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        batch = tokenizer.pad({"input_ids": [enc.input_ids[i] for i in idx]}, return_tensors="pt")
+        if enc.labels is not None:
+            batch["labels"] = torch.from_numpy(enc.labels[idx])
+        return dict(batch)
+
+    @staticmethod
+    def loss(model, batch) -> torch.Tensor:
+        return model(**batch).loss
+
+    # -- evaluation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_proba(self, model, tokenizer, enc: Encoded, batch_size: int, precision: str, desc: str = "Evaluating"):
+        """Class probabilities for every example, computed in length-sorted batches."""
+        model.eval()
+        probs = np.zeros((len(enc), model.config.num_labels), dtype=np.float32)
+        losses = []
+        device = next(model.parameters()).device
+        order = np.argsort(-enc.lengths, kind="stable")
+        with task_bar(desc, total=len(enc)) as advance:
+            for i in range(0, len(enc), batch_size):
+                idx = order[i : i + batch_size]
+                batch = {k: v.to(device) for k, v in self.collate(tokenizer, enc, idx).items()}
+                with autocast(precision, device):
+                    out = model(**batch)
+                probs[idx] = torch.softmax(out.logits.float(), -1).cpu().numpy()
+                if out.loss is not None:
+                    losses.append(float(out.loss) * len(idx))
+                advance(len(idx))
+        loss = sum(losses) / len(enc) if losses else None
+        return probs, loss
+
+    def evaluate(self, model, tokenizer, enc: Encoded, labels: list[str], batch_size: int, precision: str, desc="Evaluating") -> dict:
+        probs, loss = self.predict_proba(model, tokenizer, enc, batch_size, precision, desc)
+        metrics = classification_metrics(enc.labels, probs.argmax(-1), labels)
+        metrics["loss"] = loss
+        return metrics

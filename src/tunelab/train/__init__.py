@@ -1,0 +1,1 @@
+"""The training loop (on accelerate), checkpoints with RNG state, precision selection."""

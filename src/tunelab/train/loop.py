@@ -1,0 +1,188 @@
+"""The training loop: plain PyTorch on accelerate (device placement, mixed precision, backward,
+gradient clipping; multi-GPU through `accelerate launch`). Read it top to bottom.
+
+Resumable exactly: batch order is a pure function of (seed, epoch), and a checkpoint holds weights,
+optimizer, scheduler, RNG and loop state, so a resumed run takes the same steps as one that never
+stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from transformers import get_scheduler
+
+from tunelab.config.schema import TrainConfig
+from tunelab.console import console, task_bar
+from tunelab.errors import NonFiniteLossError
+from tunelab.runs.rundir import RunDir
+from tunelab.train.checkpoint import (
+    load_checkpoint,
+    load_trainable_state,
+    latest_checkpoint,
+    save_checkpoint,
+    trainable_state,
+)
+from tunelab.train.precision import resolve_precision
+
+
+@dataclass
+class LoopHooks:
+    """What the loop needs from the task; keeps the loop task-agnostic."""
+
+    batches: Callable[[int], list]  # epoch -> list of micro-batch index arrays (deterministic)
+    collate: Callable[[object], dict]  # index array -> tensors
+    loss: Callable[[torch.nn.Module, dict], torch.Tensor]
+    validate: Callable[[torch.nn.Module], dict]  # -> metrics on the validation split
+    higher_is_better: bool = True
+
+
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on biases and norm weights (standard practice). Frozen weights
+    get no optimizer state at all."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_accelerator(cfg: TrainConfig) -> tuple[Accelerator, str]:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = resolve_precision(cfg.precision, device)
+    acc = Accelerator(cpu=device == "cpu", mixed_precision={"fp32": "no"}.get(precision, precision))
+    return acc, precision
+
+
+def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, run: RunDir, *, resume: bool = False) -> dict:
+    """Train `model` in place. Returns the loop state (best metric and step, steps done, ...);
+    `run.best_dir` holds the best trainable weights."""
+    accelerator, precision = make_accelerator(cfg)
+    optimizer = torch.optim.AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.lr)
+    micro_per_epoch = len(hooks.batches(0))
+    steps_per_epoch = max(1, math.ceil(micro_per_epoch / cfg.grad_accum))
+    total_steps = math.ceil(cfg.epochs * steps_per_epoch)
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    scheduler = get_scheduler(
+        cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup",
+        optimizer,
+        num_warmup_steps=round(cfg.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    eval_every = cfg.eval_every_steps or steps_per_epoch
+    save_every = cfg.save_every_steps or steps_per_epoch
+
+    state = {"step": 0, "best_metric": None, "best_step": None, "bad_evals": 0, "stopped_early": False,
+             "train_seconds": 0.0, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+             "precision": precision}
+    ckpt = latest_checkpoint(run.checkpoints) if resume else None
+    if ckpt is not None:
+        state.update(load_checkpoint(ckpt, model, optimizer, scheduler))
+        run.truncate_metrics(state["step"])
+        console.print(f"Resuming from {ckpt.name} (step {state['step']} of {total_steps})")
+    elif resume:
+        run.truncate_metrics(0)
+
+    def evaluate_and_keep_best() -> None:
+        metrics = hooks.validate(model)
+        value = metrics[cfg.metric_for_best]
+        run.log({"step": state["step"], "split": "validation", **{k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}})
+        best = state["best_metric"]
+        improved = best is None or (value > best if hooks.higher_is_better else value < best)
+        if improved:
+            state.update(best_metric=value, best_step=state["step"], bad_evals=0)
+            _save_best(run, model)
+        else:
+            state["bad_evals"] += 1
+            if cfg.early_stopping_patience and state["bad_evals"] >= cfg.early_stopping_patience:
+                state["stopped_early"] = True
+        console.print(
+            f"  step {state['step']:>5}  val {cfg.metric_for_best} {value:.4f}  val loss {metrics.get('loss') or 0:.4f}"
+            + ("  [green]best[/]" if improved else "") + ("  [yellow]early stop[/]" if state["stopped_early"] else "")
+        )
+
+    with task_bar("Training", total=total_steps) as advance:
+        advance(state["step"])
+        while state["step"] < total_steps and not state["stopped_early"]:
+            epoch, done_in_epoch = divmod(state["step"], steps_per_epoch)
+            micro = hooks.batches(epoch)
+            groups = [micro[i : i + cfg.grad_accum] for i in range(0, len(micro), cfg.grad_accum)]
+            for group in groups[done_in_epoch:]:
+                if state["step"] >= total_steps or state["stopped_early"]:
+                    break
+                t0 = time.perf_counter()
+                model.train()
+                n_examples = sum(len(idx) for idx in group)
+                step_loss = 0.0
+                for idx in group:
+                    batch = {k: v.to(accelerator.device) for k, v in hooks.collate(idx).items()}
+                    with accelerator.autocast():
+                        loss = hooks.loss(model, batch)
+                    if not torch.isfinite(loss):
+                        raise NonFiniteLossError(f"loss is {float(loss)} at step {state['step'] + 1}", state["step"] + 1)
+                    # Weight each micro-batch by its size: the step's loss is the mean over its examples.
+                    accelerator.backward(loss * (len(idx) / n_examples))
+                    step_loss += float(loss.detach()) * len(idx) / n_examples
+                grad_norm = None
+                if cfg.max_grad_norm:
+                    grad_norm = float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm))
+                    if not math.isfinite(grad_norm):
+                        raise NonFiniteLossError(f"gradient norm is {grad_norm} at step {state['step'] + 1}", state["step"] + 1)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state["step"] += 1
+                dt = time.perf_counter() - t0
+                state["train_seconds"] += dt
+                run.log({"step": state["step"], "split": "train", "epoch": state["step"] / steps_per_epoch,
+                         "loss": step_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                         "examples": n_examples, "seconds": dt})
+                advance(1, info=f"loss {step_loss:.4f}")
+                last = state["step"] == total_steps
+                if state["step"] % eval_every == 0 or last:
+                    evaluate_and_keep_best()
+                if state["step"] % save_every == 0 or last or state["stopped_early"]:
+                    save_checkpoint(run.checkpoints, state["step"], model, optimizer, scheduler, state, cfg.keep_checkpoints)
+    return state
+
+
+def _save_best(run: RunDir, model: torch.nn.Module) -> None:
+    import os
+    import shutil
+
+    from safetensors.torch import save_file
+
+    tmp = run.path / ".best.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(trainable_state(model), tmp / "model.safetensors")
+    old = run.path / ".best.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if run.best_dir.exists():
+        os.replace(run.best_dir, old)
+    os.replace(tmp, run.best_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_best(run: RunDir, model: torch.nn.Module) -> None:
+    from safetensors.torch import load_file
+
+    load_trainable_state(model, load_file(run.best_dir / "model.safetensors"))
+
+
+def set_seed(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

