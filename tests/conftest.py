@@ -36,7 +36,7 @@ def tweets() -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def tweets_csv(tmp_path_factory, tweets) -> Path:
     """900 real tweets (300 per class) as a user CSV with custom column names."""
-    df = tweets.groupby("label", group_keys=False).apply(lambda g: g.sample(300, random_state=0))
+    df = tweets.assign(text=tweets["text"].str.replace(r"\s+", " ", regex=True).str.strip()).drop_duplicates("text").groupby("label").sample(300, random_state=0)
     df = df.rename(columns={"text": "tweet", "label": "sentiment"})[["tweet", "sentiment"]]
     path = tmp_path_factory.mktemp("data") / "tweets.csv"
     df.to_csv(path, index=False)

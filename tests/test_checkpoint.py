@@ -23,7 +23,7 @@ def _step(model, opt, sched):
     opt.step()
     sched.step()
     opt.zero_grad()
-    return float(loss)
+    return float(loss.detach())
 
 
 def test_roundtrip_restores_weights_optimizer_scheduler_and_rng(tmp_path):
@@ -35,7 +35,9 @@ def test_roundtrip_restores_weights_optimizer_scheduler_and_rng(tmp_path):
     save_checkpoint(tmp_path, 3, model, opt, sched, {"step": 3, "best": 0.5})
     expected = [_step(model, opt, sched) for _ in range(4)] + [random.random(), float(np.random.rand())]
 
-    model2, opt2, sched2 = _setup(seed=123)  # different init and RNG
+    model2, opt2, sched2 = _setup(seed=0)  # frozen weights come from the base model in real runs
+    torch.nn.init.normal_(model2[2].weight)  # trainable weights and RNG scrambled: the checkpoint restores them
+    torch.manual_seed(123)
     state = load_checkpoint(latest_checkpoint(tmp_path), model2, opt2, sched2)
     assert state == {"step": 3, "best": 0.5}
     got = [_step(model2, opt2, sched2) for _ in range(4)] + [random.random(), float(np.random.rand())]

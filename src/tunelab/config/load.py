@@ -15,6 +15,17 @@ from tunelab.errors import TunelabError
 
 DEFAULT_RECIPE = "sentiment-lora"
 
+# Names other tools (HF Trainer, peft, Axolotl) use for our keys: a user coming from them gets the
+# right suggestion even where spelling similarity would point elsewhere.
+SYNONYMS = {
+    "learning_rate": "lr", "num_train_epochs": "epochs", "num_epochs": "epochs", "rank": "r", "lora_r": "r",
+    "lora_alpha": "alpha", "lora_dropout": "dropout", "per_device_train_batch_size": "batch_size",
+    "micro_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum", "lr_scheduler_type": "scheduler",
+    "lr_scheduler": "scheduler", "warmup": "warmup_ratio", "max_seq_length": "max_length", "sequence_len": "max_length",
+    "model_name_or_path": "name", "base_model": "name", "output_dir": "dir", "bf16": "precision", "fp16": "precision",
+    "per_device_eval_batch_size": "batch_size", "text_field": "text_column", "label_field": "label_column",
+}
+
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """`["method.r=16", "train.lr=3e-4"]` -> nested dict. Values are parsed as YAML scalars/lists."""
@@ -122,6 +133,15 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(cls.model_fields)
 
 
+def _closest(key: str, valid: list[str]) -> list[str]:
+    if SYNONYMS.get(key) in valid:
+        return [SYNONYMS[key]]
+    initials = "".join(w[0] for w in key.split("_") if w)
+    if len(initials) > 1 and initials in valid:
+        return [initials]
+    return difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+
+
 def _explain(err: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
     msgs = []
     for e in err.errors():
@@ -129,7 +149,7 @@ def _explain(err: ValidationError, model: type[BaseModel], prefix: str = "") -> 
         key = prefix + ".".join(str(p) for p in loc)
         if e["type"] == "extra_forbidden":
             valid = _fields_at(model, loc[:-1])
-            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+            close = _closest(str(loc[-1]), valid)
             hint = f"did you mean '{prefix + '.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else (
                 f"valid keys here: {', '.join(valid)}"
             )

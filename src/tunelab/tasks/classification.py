@@ -37,9 +37,16 @@ class ClassificationTask:
     peft_task_type = "SEQ_CLS"
     higher_is_better = {"macro_f1": True, "accuracy": True, "weighted_f1": True, "loss": False}
 
+    def __init__(self):
+        self.new_modules: list[str] = []
+
     # -- model ---------------------------------------------------------------------------------
     def load(self, model_cfg: ModelConfig, labels: list[str]):
-        """Tokenizer and backbone with a new, randomly initialized head of len(labels) outputs."""
+        """Tokenizer and backbone with a new, randomly initialized head of len(labels) outputs.
+
+        Records in `self.new_modules` every module whose weights the checkpoint lacked (the head, and
+        e.g. the pooler of a masked-LM checkpoint): they must be trained and saved with the adapter,
+        or each reload would draw them at random again."""
         import transformers
 
         transformers.logging.set_verbosity_error()
@@ -48,8 +55,9 @@ class ClassificationTask:
         kwargs = dict(trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision)
         try:
             tok = AutoTokenizer.from_pretrained(path, **kwargs)
-            model = AutoModelForSequenceClassification.from_pretrained(
+            model, info = AutoModelForSequenceClassification.from_pretrained(
                 path,
+                output_loading_info=True,
                 num_labels=len(labels),
                 id2label=dict(enumerate(labels)),
                 label2id={name: i for i, name in enumerate(labels)},
@@ -60,11 +68,12 @@ class ClassificationTask:
         if tok.pad_token is None:  # decoder-only tokenizers (GPT-2, Llama) ship without one
             tok.pad_token = tok.eos_token
         model.config.pad_token_id = tok.pad_token_id
+        self.new_modules = sorted({k.rsplit(".", 1)[0] for k in info["missing_keys"]})
         return tok, model
 
-    @staticmethod
-    def head_modules(model) -> list[str]:
-        return [n for n in ("classifier", "score") if hasattr(model, n)]
+    def head_modules(self, model) -> list[str]:
+        """Modules trained in full and saved with any method: the new head + other fresh weights."""
+        return self.new_modules or [n for n in ("classifier", "score") if hasattr(model, n)]
 
     # -- data ----------------------------------------------------------------------------------
     def encode(self, tokenizer, df, labels: list[str], max_length: int, desc: str = "Tokenizing") -> Encoded:

@@ -50,7 +50,7 @@ def train(cfg: RunConfig | None = None, *, resume: str | None = None, overwrite:
     task, tok, model, method = build_model(cfg, labels)
     trainable, total = count_parameters(model)
     console.print(f"Model: {cfg.model.name} + {cfg.method.name}: {trainable:,} trainable of {total:,} parameters "
-                  f"({100 * trainable / total:.3f}%)")
+                  f"({100 * trainable / total:.3f}%); new, trained in full: {', '.join(task.head_modules(model))}")
     enc = {split: task.encode(tok, getattr(splits, split), labels, cfg.model.max_length, f"Tokenizing {split}")
            for split in ("train", "validation", "test")}
     stats = length_stats(enc["train"].lengths, cfg.model.max_length)
