@@ -6,7 +6,12 @@ import os
 import sys
 from typing import Annotated, Optional
 
+import warnings
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Library deprecation chatter (transformers 5 / peft) says nothing actionable to a tunelab user.
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 import typer  # noqa: E402
 from rich.table import Table  # noqa: E402
