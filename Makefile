@@ -12,6 +12,12 @@ $(STAMP): pyproject.toml requirements-assets.txt constraints.txt
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
 	$(BIN)/python -m pip install -q --no-deps -r requirements-assets.txt
+	@# Best effort: the bible-en-es dataset reads two Debian Bibles; install them as root when apt exists.
+	@if [ ! -f /usr/share/sword/mods.d/engWEB2015eb.conf ] || [ ! -f /usr/share/sword/mods.d/spaRV1909eb.conf ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sword-text-web sword-text-sparv >/dev/null) \
+	      || echo "warning: could not apt-get install sword-text-web sword-text-sparv (bible-en-es unavailable)"; \
+	  else echo "note: bible-en-es needs: apt-get install sword-text-web sword-text-sparv (as root)"; fi; fi
 	rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 install: $(STAMP)

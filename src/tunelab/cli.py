@@ -80,7 +80,7 @@ def predict(
     out: Annotated[Optional[str], typer.Option(help="where --file predictions go (CSV or JSONL)")] = None,
     text_column: Annotated[Optional[str], typer.Option(help="column of --file holding the text")] = None,
 ):
-    """Predict labels for texts with a finished run."""
+    """Predict labels (classification) or generate outputs (generative runs) for texts with a finished run."""
     from tunelab.workflows.common import load_run
     from tunelab.workflows.evaluate import predict_file, predict_texts
 
@@ -95,11 +95,30 @@ def predict(
     if texts:
         table = Table(header_style="bold")
         table.add_column("text")
-        table.add_column("label")
-        table.add_column("score", justify="right")
-        for p in predict_texts(lr, texts):
-            table.add_row(p["text"], p["label"], f"{p['score']:.3f}")
+        preds = predict_texts(lr, texts)
+        if lr.cfg.task.type != "classification":
+            table.add_column("output")
+            for p in preds:
+                table.add_row(p["text"], p["output"])
+        else:
+            table.add_column("label")
+            table.add_column("score", justify="right")
+            for p in preds:
+                table.add_row(p["text"], p["label"], f"{p['score']:.3f}")
         console.print(table)
+
+
+@app.command()
+def chat(
+    target: Annotated[str, typer.Argument(help="run folder of a generative run, or a model name / folder")] = "smollm2-135m-instruct",
+    system: Annotated[Optional[str], typer.Option(help="system prompt")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="longest reply in tokens")] = None,
+    context: Annotated[int, typer.Option(help="context window in tokens; older turns are dropped to fit")] = 2048,
+):
+    """Chat in the terminal with a model or a trained run (streams tokens; Ctrl-D to quit)."""
+    from tunelab.workflows.chat import chat as run_chat
+
+    run_chat(target, system, max_new_tokens, context)
 
 
 @app.command()

@@ -18,7 +18,8 @@ class Section(BaseModel):
 
 class ModelConfig(Section):
     name: str = Field("minilm", description="catalog short name, local folder, or hub id")
-    max_length: int = Field(128, ge=8, le=32768, description="truncate inputs to this many tokens")
+    max_length: int = Field(128, ge=8, le=32768, description="truncate inputs (prompt + response) to this many tokens")
+    max_target_length: int = Field(128, ge=1, le=32768, description="encoder-decoder targets: truncate to this many tokens")
     trust_remote_code: bool = False
     revision: str | None = None
 
@@ -39,6 +40,11 @@ class DataConfig(Section):
     encoding: str = "utf-8"
     text_column: str = "text"
     label_column: str = "label"
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="generative tasks: map the task's fields (source, target, question, context, answer, "
+        "messages) to your file's column names, e.g. {source: article, target: highlights}",
+    )
     split: SplitConfig = SplitConfig()
     dedupe: bool = Field(True, description="drop exact duplicate texts before splitting")
     max_train_samples: int | None = Field(None, ge=1, description="stratified subsample of train")
@@ -55,9 +61,30 @@ class DataConfig(Section):
         return self
 
 
+TASK_TYPES = ("classification", "summarization", "qa", "translation", "chat")
+
+
 class TaskConfig(Section):
-    type: Literal["classification"] = "classification"
+    type: Literal["classification", "summarization", "qa", "translation", "chat"] = "classification"
     labels: list[str] | None = Field(None, description="label order; default: sorted names from train")
+    prompt: str | None = Field(
+        None, description="instruction template with {source} / {question} / {context} fields; default per task"
+    )
+    system_prompt: str | None = Field(None, description="chat models: system message for every conversation")
+    source_lang: str = "English"
+    target_lang: str = "Spanish"
+
+
+class GenerateConfig(Section):
+    """Decoding settings for evaluation, `tunelab chat` and serving."""
+
+    max_new_tokens: int = Field(64, ge=1, le=8192)
+    num_beams: int = Field(1, ge=1)
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    repetition_penalty: float = Field(1.0, gt=0)
+    batch_size: int = Field(8, ge=1)
 
 
 class MethodConfig(Section):
@@ -80,17 +107,21 @@ class TrainConfig(Section):
         "auto", description="auto: bf16 autocast where the CPU/GPU supports it, else fp32"
     )
     group_by_length: bool = True
+    packing: bool = Field(False, description="decoder-only: pack short examples into full rows (no padding)")
     eval_every_steps: int | None = Field(None, ge=1, description="default: once per epoch")
     save_every_steps: int | None = Field(None, ge=1, description="default: once per epoch")
     keep_checkpoints: int = Field(2, ge=1)
     early_stopping_patience: int | None = Field(None, ge=1)
-    metric_for_best: str = "macro_f1"
+    metric_for_best: str | None = Field(None, description="default: macro_f1 (classification), loss (generative)")
     threads: int | None = Field(None, ge=1, description="torch threads; default: physical cores")
 
 
 class EvalConfig(Section):
     batch_size: int = Field(64, ge=1)
     before: bool = Field(True, description="evaluate the test split before training too")
+    k_shot: int = Field(3, ge=0, le=32, description="generative tasks: also evaluate the base model k-shot (0: off)")
+    max_samples: int | None = Field(100, ge=1, description="generative tasks: test examples to generate for")
+    show_samples: int = Field(5, ge=0, description="sample outputs side by side in the report")
 
 
 class OutputConfig(Section):
@@ -109,4 +140,5 @@ class RunConfig(Section):
     method: SerializeAsAny[MethodConfig] = MethodConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    generate: GenerateConfig = GenerateConfig()
     output: OutputConfig = OutputConfig()

@@ -63,6 +63,17 @@ def _split(df: pd.DataFrame, frac: float, seed: int, what: str) -> tuple[pd.Data
     return a.reset_index(drop=True), b.reset_index(drop=True)
 
 
+def subsample(frames: dict, cfg: DataConfig, notes: list[str], sample, kind: str) -> None:
+    """Apply data.max_train_samples / max_eval_samples in place and say so in `notes`."""
+    for split, limit, key in (("train", cfg.max_train_samples, "max_train_samples"),
+                              ("validation", cfg.max_eval_samples, "max_eval_samples"),
+                              ("test", cfg.max_eval_samples, "max_eval_samples")):
+        n = len(frames[split])
+        frames[split] = sample(frames[split], limit, cfg.split.seed)
+        if len(frames[split]) < n:
+            notes.append(f"{split}: {kind} subsample of {len(frames[split])} of {n} examples (data.{key})")
+
+
 def load_splits(cfg: DataConfig, task: TaskConfig) -> Splits:
     notes: list[str] = []
     text_col, label_col = cfg.text_column, cfg.label_column
@@ -117,13 +128,5 @@ def load_splits(cfg: DataConfig, task: TaskConfig) -> Splits:
     if len(train_labels) < 2:
         raise TunelabError(f"train has a single label ('{next(iter(train_labels))}'); classification needs at least two")
 
-    n_train = len(frames["train"])
-    frames["train"] = _stratified_sample(frames["train"], cfg.max_train_samples, seed)
-    if len(frames["train"]) < n_train:
-        notes.append(f"training on a stratified subsample of {len(frames['train'])} of {n_train} examples (data.max_train_samples)")
-    for split in ("validation", "test"):
-        n = len(frames[split])
-        frames[split] = _stratified_sample(frames[split], cfg.max_eval_samples, seed)
-        if len(frames[split]) < n:
-            notes.append(f"{split}: stratified subsample of {len(frames[split])} of {n} examples (data.max_eval_samples)")
+    subsample(frames, cfg, notes, _stratified_sample, "stratified")
     return Splits(frames["train"], frames["validation"], frames["test"], list(labels), notes)

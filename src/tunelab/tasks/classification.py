@@ -3,7 +3,6 @@ new classification head."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +12,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from tunelab.config.schema import ModelConfig
 from tunelab.console import task_bar
 from tunelab.metrics.classification import classification_metrics
-from tunelab.models.catalog import load_error, resolve_model
+from tunelab.models.catalog import hf_source, load_error
+from tunelab.tasks.batching import length_grouped_batches
 from tunelab.train.precision import autocast
 
 
@@ -35,6 +35,7 @@ class Encoded:
 class ClassificationTask:
     type = "classification"
     peft_task_type = "SEQ_CLS"
+    default_metric = "macro_f1"
     higher_is_better = {"macro_f1": True, "accuracy": True, "weighted_f1": True, "loss": False}
 
     def __init__(self):
@@ -47,12 +48,7 @@ class ClassificationTask:
         Records in `self.new_modules` every module whose weights the checkpoint lacked (the head, and
         e.g. the pooler of a masked-LM checkpoint): they must be trained and saved with the adapter,
         or each reload would draw them at random again."""
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-        path = resolve_model(model_cfg.name)
-        kwargs = dict(trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision)
+        path, kwargs = hf_source(model_cfg)
         try:
             tok = AutoTokenizer.from_pretrained(path, **kwargs)
             model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -93,20 +89,7 @@ class ClassificationTask:
 
     @staticmethod
     def batches(enc: Encoded, batch_size: int, rng: np.random.Generator | None, group_by_length: bool) -> list[np.ndarray]:
-        """Index batches. Training (rng given): shuffled; with grouping, examples of similar length
-        share a batch (sorted inside windows of 50 batches) so little compute goes to padding."""
-        n = len(enc)
-        order = rng.permutation(n) if rng is not None else np.arange(n)
-        if group_by_length:
-            lengths = enc.lengths
-            window = batch_size * 50
-            order = np.concatenate(
-                [w[np.argsort(-lengths[w], kind="stable")] for w in np.array_split(order, max(1, math.ceil(n / window)))]
-            ) if n else order
-        out = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-        if rng is not None and group_by_length:
-            out = [out[i] for i in rng.permutation(len(out))]
-        return out
+        return length_grouped_batches(enc.lengths, batch_size, rng, group_by_length)
 
     @staticmethod
     def collate(tokenizer, enc: Encoded, idx: np.ndarray) -> dict[str, torch.Tensor]:

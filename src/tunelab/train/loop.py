@@ -40,7 +40,8 @@ class LoopHooks:
     collate: Callable[[object], dict]  # index array -> tensors
     loss: Callable[[torch.nn.Module, dict], torch.Tensor]
     validate: Callable[[torch.nn.Module], dict]  # -> metrics on the validation split
-    higher_is_better: bool = True
+    metric: str = "loss"  # validation metric that picks the best checkpoint
+    higher_is_better: bool = False
 
 
 def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -95,7 +96,12 @@ def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, run: RunDir,
 
     def evaluate_and_keep_best() -> None:
         metrics = hooks.validate(model)
-        value = metrics[cfg.metric_for_best]
+        if hooks.metric not in metrics:
+            from tunelab.errors import TunelabError
+
+            names = ", ".join(k for k, v in metrics.items() if isinstance(v, (int, float)))
+            raise TunelabError(f"train.metric_for_best '{hooks.metric}' is not a validation metric of this task; choose one of: {names}")
+        value = metrics[hooks.metric]
         run.log({"step": state["step"], "split": "validation", **{k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}})
         best = state["best_metric"]
         improved = best is None or (value > best if hooks.higher_is_better else value < best)
@@ -107,7 +113,7 @@ def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, run: RunDir,
             if cfg.early_stopping_patience and state["bad_evals"] >= cfg.early_stopping_patience:
                 state["stopped_early"] = True
         console.print(
-            f"  step {state['step']:>5}  val {cfg.metric_for_best} {value:.4f}  val loss {metrics.get('loss') or 0:.4f}"
+            f"  step {state['step']:>5}  val {hooks.metric} {value:.4f}  val loss {metrics.get('loss') or 0:.4f}"
             + ("  [green]best[/]" if improved else "") + ("  [yellow]early stop[/]" if state["stopped_early"] else "")
         )
 

@@ -64,7 +64,8 @@ def load_run(path: str) -> LoadedRun:
         raise TunelabError(f"run '{path}' has no saved adapter yet (training did not finish); resume it with `tunelab train --resume {path}`")
     cfg = run.config()
     setup_threads(cfg)
-    labels = json.loads((run.adapter_dir / "labels.json").read_text(encoding="utf-8"))
+    labels_file = run.adapter_dir / "labels.json"
+    labels = json.loads(labels_file.read_text(encoding="utf-8")) if labels_file.is_file() else []
     task = get_task(cfg.task.type)
     with status(f"Loading {cfg.model.name} + adapter"):
         tok, base = task.load(cfg.model, labels)

@@ -19,6 +19,8 @@ from tunelab.workflows.common import LoadedRun, load_run
 def evaluate_run(path: str, split: str = "test", data_file: str | None = None) -> dict:
     lr = load_run(path)
     cfg = lr.cfg
+    if cfg.task.type != "classification":
+        return _evaluate_generative(lr, split, data_file)
     if data_file:
         df = read_table(data_file, cfg.data.format, cfg.data.encoding)
         for col, key in ((cfg.data.text_column, "--text-column"), (cfg.data.label_column, "--label-column")):
@@ -43,7 +45,44 @@ def evaluate_run(path: str, split: str = "test", data_file: str | None = None) -
     return metrics
 
 
+def _evaluate_generative(lr: LoadedRun, split: str, data_file: str | None) -> dict:
+    from tunelab.data.generative import load_generative_splits
+
+    cfg = lr.cfg
+    data_cfg = cfg.data.model_copy(update={"name": None, "path": data_file, "train_path": None}) if data_file else cfg.data
+    splits = load_generative_splits(data_cfg, cfg.task.type)
+    df = getattr(splits, split)
+    n = min(len(df), cfg.eval.max_samples or len(df))
+    df = df.iloc[np.sort(np.random.default_rng(cfg.data.split.seed).permutation(len(df))[:n])]
+    convs = lr.task.conversations(df, cfg)
+    metrics = lr.task.evaluate(lr.model, lr.tokenizer, convs, df["references"].tolist(), cfg, lr.precision)
+    source = data_file or f"{split} split ({n} examples)"
+    numbers = {k: v for k, v in metrics.items() if k != "predictions"}
+    console.print(results_table({source: numbers}, title=f"{lr.run.path.name}: {source}"))
+    lr.run.write_json(f"eval-{time.strftime('%Y%m%d-%H%M%S')}.json", {"source": source, "metrics": numbers,
+                                                                     "predictions": metrics["predictions"]})
+    return numbers
+
+
+def generate_for_texts(lr: LoadedRun, texts: list[str]) -> list[str]:
+    """Generative runs: each text fills the task's prompt (source / question) and gets a reply."""
+    from tunelab.tasks.generation import generate_texts
+    from tunelab.tasks.prompts import Renderer, row_to_conversation
+
+    renderer = Renderer(lr.tokenizer, lr.task.seq2seq)
+    prompts = []
+    for t in texts:
+        row = {"source": t, "question": t, "target": "", "answer": "", "messages": [{"role": "user", "content": t},
+                                                                                  {"role": "assistant", "content": ""}]}
+        conv = row_to_conversation(row, lr.cfg.task, lr.cfg.task.system_prompt)
+        prompts.append(renderer.render(conv[:-1], add_generation_prompt=True))
+    return generate_texts(lr.model, lr.tokenizer, prompts, lr.cfg.generate, seq2seq=lr.task.seq2seq,
+                          precision=lr.precision, max_length=lr.cfg.model.max_length)
+
+
 def predict_texts(lr: LoadedRun, texts: list[str]) -> list[dict]:
+    if lr.cfg.task.type != "classification":
+        return [{"text": t, "output": o} for t, o in zip(texts, generate_for_texts(lr, texts))]
     df = pd.DataFrame({"text": texts})
     enc = lr.task.encode(lr.tokenizer, df, lr.labels, lr.cfg.model.max_length, "Tokenizing")
     probs, _ = lr.task.predict_proba(lr.model, lr.tokenizer, enc, lr.cfg.eval.batch_size, lr.precision, "Predicting")
@@ -65,9 +104,12 @@ def predict_file(lr: LoadedRun, in_path: str, out_path: str, text_column: str | 
     if df.empty:
         raise TunelabError(f"'{in_path}' has no rows to predict")
     preds = predict_texts(lr, df[col].fillna("").astype(str).tolist())
-    df = df.assign(prediction=[p["label"] for p in preds], score=[p["score"] for p in preds])
-    for name in lr.labels:
-        df[f"score_{name}"] = [p["scores"][name] for p in preds]
+    if lr.cfg.task.type != "classification":
+        df = df.assign(output=[p["output"] for p in preds])
+    else:
+        df = df.assign(prediction=[p["label"] for p in preds], score=[p["score"] for p in preds])
+        for name in lr.labels:
+            df[f"score_{name}"] = [p["scores"][name] for p in preds]
     tmp = out.with_name(f".{out.name}.tmp")
     if out.suffix.lower() == ".jsonl":
         df.to_json(tmp, orient="records", lines=True, force_ascii=False)

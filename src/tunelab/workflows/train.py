@@ -35,10 +35,22 @@ def train(cfg: RunConfig | None = None, *, resume: str | None = None, overwrite:
         cfg = run.config()
     else:
         run = RunDir.create(cfg, overwrite=overwrite)
-    console.print(f"[bold]Run[/] {run.path}  (recipe '{cfg.name}', method '{cfg.method.name}', seed {cfg.seed})")
-    t_start = time.perf_counter()
+    console.print(f"[bold]Run[/] {run.path}  (recipe '{cfg.name}', task '{cfg.task.type}', method '{cfg.method.name}', "
+                  f"seed {cfg.seed})")
     setup_threads(cfg)
     set_seed(cfg.seed)
+    if cfg.task.type != "classification":
+        from tunelab.workflows.train_generative import train_generative
+
+        train_generative(cfg, run, resume=bool(resume))
+        return run
+    train_classification(cfg, run, resume=bool(resume))
+    return run
+
+
+def train_classification(cfg: RunConfig, run: RunDir, *, resume: bool) -> None:
+    """Sentiment and other text classification: before/after accuracy, F1, per-class scores."""
+    t_start = time.perf_counter()
 
     # -- data ---------------------------------------------------------------------------------
     splits = load_splits(cfg.data, cfg.task)
@@ -70,26 +82,22 @@ def train(cfg: RunConfig | None = None, *, resume: str | None = None, overwrite:
         run.write_json("before.json", before)
 
     # -- train --------------------------------------------------------------------------------
+    metric = cfg.train.metric_for_best or task.default_metric
     hooks = LoopHooks(
         batches=lambda epoch: task.batches(enc["train"], cfg.train.batch_size,
                                            np.random.default_rng([cfg.seed, epoch]), cfg.train.group_by_length),
         collate=lambda idx: task.collate(tok, enc["train"], idx),
         loss=task.loss,
         validate=lambda m: evaluate("validation", "Validating"),
-        higher_is_better=task.higher_is_better.get(cfg.train.metric_for_best, True),
+        metric=metric,
+        higher_is_better=task.higher_is_better.get(metric, True),
     )
-    try:
-        state = fit(model, cfg.train, hooks, run, resume=bool(resume))
-    except NonFiniteLossError as e:
-        ckpt = latest_checkpoint(run.checkpoints)
-        kept = f"kept the last good checkpoint {ckpt.relative_to(run.path)}" if ckpt else "no checkpoint was written yet"
-        run.write_json("failed.json", {"error": str(e), "step": e.step, "last_checkpoint": str(ckpt) if ckpt else None})
-        raise TunelabError(f"training stopped: {e}; {kept}; lower train.lr or check the data") from None
+    state = fit_or_explain(model, cfg, hooks, run, resume)
 
     # -- after ----------------------------------------------------------------------------------
     load_best(run, model)
     after = evaluate("test", "Evaluating after")
-    _save_adapter(run, method, model, tok, labels)
+    save_adapter(run, method, model, tok, labels)
 
     columns = {"majority class": majority_baseline(enc["train"].labels, enc["test"].labels, labels)}
     if before is not None:
@@ -101,7 +109,7 @@ def train(cfg: RunConfig | None = None, *, resume: str | None = None, overwrite:
         "task": cfg.task.type, "seed": cfg.seed, "precision": precision, "labels": labels,
         "splits": splits.sizes(), "train_examples": len(enc["train"]), "data_notes": splits.notes, "train_lengths": stats,
         "trainable_params": trainable, "total_params": total, "trainable_percent": round(100 * trainable / total, 4),
-        "steps": state["step"], "best_step": state["best_step"], "best_validation": {cfg.train.metric_for_best: state["best_metric"]},
+        "steps": state["step"], "best_step": state["best_step"], "best_validation": {metric: state["best_metric"]},
         "stopped_early": state["stopped_early"],
         "train_seconds": round(state["train_seconds"], 1), "wall_seconds": round(time.perf_counter() - t_start, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -113,16 +121,27 @@ def train(cfg: RunConfig | None = None, *, resume: str | None = None, overwrite:
     atomic_write_json(run.summary_path, summary)  # last: its presence marks the run complete
     console.print(f"Train time {summary['train_seconds']} s, peak RSS {summary['peak_rss_mb']} MB. "
                   f"Report: {run.path / 'report.md'}  Adapter: {run.adapter_dir}")
-    return run
 
 
-def _save_adapter(run: RunDir, method, model, tok, labels: list[str]) -> None:
+def fit_or_explain(model, cfg: RunConfig, hooks: LoopHooks, run: RunDir, resume: bool) -> dict:
+    """Run the loop; a NaN/inf loss becomes one line that names the step and the checkpoint kept."""
+    try:
+        return fit(model, cfg.train, hooks, run, resume=resume)
+    except NonFiniteLossError as e:
+        ckpt = latest_checkpoint(run.checkpoints)
+        kept = f"kept the last good checkpoint {ckpt.relative_to(run.path)}" if ckpt else "no checkpoint was written yet"
+        run.write_json("failed.json", {"error": str(e), "step": e.step, "last_checkpoint": str(ckpt) if ckpt else None})
+        raise TunelabError(f"training stopped: {e}; {kept}; lower train.lr or check the data") from None
+
+
+def save_adapter(run: RunDir, method, model, tok, labels: list[str] | None = None) -> None:
     """Write adapter/ (ecosystem format + tokenizer + label names) into a temp folder, then rename."""
     tmp = run.path / ".adapter.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     method.save(model, tmp)
     tok.save_pretrained(tmp)
-    atomic_write_json(tmp / "labels.json", labels)
+    if labels:
+        atomic_write_json(tmp / "labels.json", labels)
     shutil.rmtree(run.adapter_dir, ignore_errors=True)
     os.replace(tmp, run.adapter_dir)

@@ -1,0 +1,52 @@
+"""Batched generation with the KV cache: prompts sorted by length (little padding), left padding for
+decoder-only models, stop at EOS, progress bar."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tunelab.config.schema import GenerateConfig
+from tunelab.console import task_bar
+from tunelab.train.precision import autocast
+
+
+def generation_kwargs(tok, gen: GenerateConfig) -> dict:
+    kw = dict(max_new_tokens=gen.max_new_tokens, num_beams=gen.num_beams, do_sample=gen.do_sample,
+              repetition_penalty=gen.repetition_penalty, pad_token_id=tok.pad_token_id, use_cache=True)
+    if gen.do_sample:
+        kw.update(temperature=gen.temperature, top_p=gen.top_p)
+    else:  # avoid warnings from sampling settings a model's generation_config may carry
+        kw.update(temperature=None, top_p=None, top_k=None)
+    return kw
+
+
+@torch.no_grad()
+def generate_texts(model, tok, prompts: list[str], gen: GenerateConfig, *, seq2seq: bool, precision: str,
+                   max_length: int, desc: str = "Generating") -> list[str]:
+    model.eval()
+    device = next(model.parameters()).device
+    lengths = np.array([len(p) for p in prompts])
+    order = np.argsort(-lengths, kind="stable")
+    out: list[str] = [""] * len(prompts)
+    old_side, old_trunc = tok.padding_side, tok.truncation_side
+    tok.padding_side = "right" if seq2seq else "left"
+    tok.truncation_side = "left"  # keep the end of an over-long prompt: the instruction's last words
+    budget = max_length if seq2seq else max(8, max_length - gen.max_new_tokens)
+    try:
+        with task_bar(desc, total=len(prompts)) as advance:
+            for i in range(0, len(prompts), gen.batch_size):
+                idx = order[i : i + gen.batch_size]
+                enc = tok([prompts[j] for j in idx], return_tensors="pt", padding=True, truncation=True,
+                          max_length=budget, add_special_tokens=seq2seq)
+                enc = {k: enc[k].to(device) for k in ("input_ids", "attention_mask")}  # no token_type_ids
+                with autocast(precision, device):
+                    ids = model.generate(**enc, **generation_kwargs(tok, gen))
+                if not seq2seq:
+                    ids = ids[:, enc["input_ids"].shape[1]:]
+                for j, text in zip(idx, tok.batch_decode(ids, skip_special_tokens=True)):
+                    out[j] = text.strip()
+                advance(len(idx))
+    finally:
+        tok.padding_side, tok.truncation_side = old_side, old_trunc
+    return out

