@@ -157,7 +157,8 @@ def test_t5_path_trains_saves_and_plain_peft_generates_the_same(tiny_t5, qa_file
     out = tmp_path / "t5run"
     run_cli("train", "task.type=qa", f"model.name={tiny_t5}", f"data.path={qa_file}", "data.columns={question: q, answer: a}",
             "method.target_modules=null", "train.epochs=2", "train.lr=5e-3", "eval.max_samples=8", "eval.k_shot=1",
-            "generate.max_new_tokens=6", "model.max_length=64", "model.max_target_length=16", f"output.dir={out}", check=True)
+            "generate.max_new_tokens=6", "model.max_length=64", "model.max_target_length=16", "train.precision=fp32",
+            f"output.dir={out}", check=True)
     s = read_summary(out)
     assert s["architecture"] == "encoder-decoder"
     assert {"zero-shot", "1-shot", "after"} <= set(s["test"])
@@ -180,11 +181,24 @@ def test_decoder_path_end_to_end_with_packing(tiny_llama, qa_file, tmp_path):
     out = tmp_path / "llamarun"
     run_cli("train", "task.type=qa", f"model.name={tiny_llama}", f"data.path={qa_file}", "data.columns={question: q, answer: a}",
             "method.target_modules=null", "train.epochs=2", "train.lr=5e-3", "train.packing=true", "eval.max_samples=8",
-            "eval.k_shot=2", "generate.max_new_tokens=6", "model.max_length=128", f"output.dir={out}", check=True)
+            "eval.k_shot=2", "generate.max_new_tokens=6", "model.max_length=128", "train.precision=fp32",
+            f"output.dir={out}", check=True)
     s = read_summary(out)
     assert s["architecture"] == "decoder-only"
     assert s["test"]["after"]["loss"] < s["test"]["zero-shot"]["loss"]
     assert "## Sample outputs" in (out / "report.md").read_text()
+
+    # Plain peft + transformers, with the tokenizer's own chat template, generate the same text.
+    from peft import PeftModel
+
+    sample = json.loads((out / "samples.json").read_text())[0]
+    tok = AutoTokenizer.from_pretrained(out / "adapter")
+    model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tiny_llama), str(out / "adapter")).eval()
+    prompt = tok.apply_chat_template([{"role": "user", "content": sample["input"]}], add_generation_prompt=True, tokenize=False)
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        gen = model.generate(**ids, max_new_tokens=6, do_sample=False)
+    assert tok.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip() == sample["after"]
     # The finished run is reused: eval, predict and chat all load base + adapter.
     proc = run_cli("eval", str(out), check=True)
     assert "perplexity" in proc.stdout and "f1" in proc.stdout
