@@ -228,3 +228,14 @@ def test_history_is_trimmed_to_the_context_window(smol_tok):
     assert kept[0]["role"] == "system" and kept[-1]["content"] == "last question"
     assert len(smol_tok(r.render(kept, add_generation_prompt=True), add_special_tokens=False)["input_ids"]) <= 200
     assert len(kept) < len(history)
+
+
+def test_minilm_bert2bert_warm_start_trains_its_cross_attention():
+    from tunelab.config.schema import ModelConfig
+
+    task = get_task("summarization")
+    tok, model = task.load(ModelConfig(name="minilm-bert2bert"))
+    assert task.seq2seq and task.peft_task_type == "SEQ_2_SEQ_LM"
+    assert len([m for m in task.new_modules if m.endswith("crossattention")]) == 6  # one per decoder layer
+    assert model.generation_config.decoder_start_token_id == tok.cls_token_id
+    assert model.generation_config.eos_token_id == tok.sep_token_id == tok.eos_token_id
