@@ -79,7 +79,7 @@ def train(cfg: RunConfig | None = None, *, resume: str | None = None, overwrite:
         higher_is_better=task.higher_is_better.get(cfg.train.metric_for_best, True),
     )
     try:
-        state = fit(model, cfg.train, hooks, run, resume=bool(resume))
+        state = fit(model, cfg.train, hooks, run, resume=bool(resume), method=method)
     except NonFiniteLossError as e:
         ckpt = latest_checkpoint(run.checkpoints)
         kept = f"kept the last good checkpoint {ckpt.relative_to(run.path)}" if ckpt else "no checkpoint was written yet"
@@ -106,7 +106,7 @@ def train(cfg: RunConfig | None = None, *, resume: str | None = None, overwrite:
         "train_seconds": round(state["train_seconds"], 1), "wall_seconds": round(time.perf_counter() - t_start, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "test": {name: {k: v for k, v in m.items()} for name, m in columns.items()},
-        "adapter": str(run.adapter_dir),
+        "adapter": str(run.adapter_dir), "method_info": method.info(),
     }
     write_report(run, summary, columns, labels)
     console.print(results_table(columns, labels))
