@@ -153,7 +153,9 @@ def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, run: RunDir,
                          "loss": step_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                          "examples": n_examples, "seconds": dt})
                 advance(1, info=f"loss {step_loss:.4f}")
-                last = state["step"] == total_steps
+                last = state["step"] == total_steps or bool(cfg.max_minutes and state["train_seconds"] >= 60 * cfg.max_minutes)
+                if last:
+                    state["total_steps"] = total_steps = state["step"]  # a time budget ends the run here
                 if state["step"] % eval_every == 0 or last:
                     evaluate_and_keep_best()
                 if state["step"] % save_every == 0 or last or state["stopped_early"]:
