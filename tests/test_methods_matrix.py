@@ -182,3 +182,32 @@ def test_qlora_reports_base_memory_before_and_after_quantization(tmp_path):
     method.apply(build_base("llama", method, tmp_path), head_modules=[], peft_task_type="CAUSAL_LM")
     info = method.info()
     assert 0 < info["base_mb_quantized"] < info["base_mb_full_precision"]
+
+
+LORA_VARIANTS = {"rslora": {"use_rslora": True}, "dora": {"use_dora": True}, "pissa": {"init": "pissa"},
+                 "olora": {"init": "olora"}}
+
+
+@pytest.mark.parametrize("arch", ["encoder", "llama"])
+@pytest.mark.parametrize("variant", sorted(LORA_VARIANTS))
+def test_lora_options_train_reload_on_the_original_base_and_merge(variant, arch, tmp_path):
+    """rsLoRA, DoRA, PiSSA and OLoRA really change what trains, and the saved adapter works on the
+    *original* base (PiSSA/OLoRA rewrite the base weights at init; the save converts the adapter back)."""
+    from tunelab.methods.lora import LoraConfig, LoraMethod
+
+    _, head, task_type = ARCHS[arch]
+    batch = batch_for(arch)
+    cfg = LoraConfig(r=4, dropout=0.0, **LORA_VARIANTS[variant])
+    method = LoraMethod(cfg)
+    model = method.apply(build_base(arch, method, tmp_path), head_modules=head, peft_task_type=task_type)
+    pcfg = model.peft_config["default"]
+    assert pcfg.use_rslora == cfg.use_rslora and pcfg.use_dora == cfg.use_dora
+    before = logits(model, batch)
+    train_steps(method, model, batch)
+    after = logits(model, batch)
+    assert not torch.allclose(before, after, atol=1e-6)
+    method.save(model, tmp_path / "adapter")
+    loader = LoraMethod(cfg)
+    loaded = loader.load(build_base(arch, loader, tmp_path), tmp_path / "adapter")
+    torch.testing.assert_close(logits(loaded, batch), after, atol=1e-4, rtol=0)
+    torch.testing.assert_close(logits(loader.merge(loaded), batch), after, atol=1e-4, rtol=0)
