@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import (BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM, T5Config,
-                          T5ForConditionalGeneration)
+from transformers import (BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, LlamaConfig,
+                          LlamaForCausalLM, T5Config, T5ForConditionalGeneration)
 
 from tunelab.errors import TunelabError
 from tunelab.methods import get_method, method_names
@@ -33,11 +33,16 @@ def make_llama(d=32):
                                         pad_token_id=0))
 
 
+def make_gpt2(d=32):
+    return GPT2LMHeadModel(GPT2Config(vocab_size=120, n_embd=d, n_layer=2, n_head=4, n_positions=64))
+
+
 ARCHS = {
     # name: (builder, head modules, peft task type)
     "encoder": (make_encoder, ["classifier"], "SEQ_CLS"),
     "t5": (make_t5, [], "SEQ_2_SEQ_LM"),
     "llama": (make_llama, [], "CAUSAL_LM"),
+    "gpt2": (make_gpt2, [], "CAUSAL_LM"),  # Conv1D layers instead of nn.Linear
 }
 
 # Small, fast settings per method (dropout 0 so train-mode noise does not hide a bug).
@@ -51,7 +56,11 @@ SETTINGS = {
 }
 
 # (method, architecture) pairs that cannot work, and why. Each must fail with a one-line TunelabError.
-UNSUPPORTED: dict[tuple[str, str], str] = {}
+UNSUPPORTED: dict[tuple[str, str], str] = {
+    (m, "gpt2"): "GPT-2 implements its projections as transformers' Conv1D, not nn.Linear; tunelab's own "
+                 "injected methods wrap nn.Linear only (the peft methods handle Conv1D)"
+    for m in ("adapter", "nblora", "scalora")
+}
 
 MERGEABLE = {"full", "head", "lora", "loraplus", "adalora", "ia3", "nblora", "scalora"}
 
@@ -115,8 +124,9 @@ def test_method_trains_saves_loads_merges(name, arch, tmp_path):
     method = new_method(name)
     batch = batch_for(arch)
     if (name, arch) in UNSUPPORTED:
-        with pytest.raises(TunelabError):
+        with pytest.raises(TunelabError, match=r"nn\.Linear") as err:
             method.apply(build_base(arch, method, tmp_path), head_modules=head, peft_task_type=task_type)
+        assert "\n" not in str(err.value)
         return
     model = method.apply(build_base(arch, method, tmp_path), head_modules=head, peft_task_type=task_type)
     assert any(p.requires_grad for p in model.parameters())

@@ -63,8 +63,10 @@ class AdapterMethod(OwnMethod):
                  if isinstance(m, nn.Linear) and any(re.search(p, n) for p in patterns)
                  and not any(n == h or n.startswith(h + ".") for h in head_modules)]
         if not names:
-            raise TunelabError(f"adapter: no attention/FFN output layers recognized in {type(model).__name__}; "
-                               "set method.ffn_modules (and method.attn_modules) to regexes of their names")
+            conv = any(type(m).__name__ == "Conv1D" for m in model.modules())
+            raise TunelabError(f"adapter: no attention/FFN output layers recognized in {type(model).__name__}"
+                               + (" (its Conv1D layers are not supported: adapters wrap nn.Linear)" if conv else "")
+                               + "; set method.ffn_modules (and method.attn_modules) to regexes of nn.Linear names")
         for n in names:
             layer = Bottleneck(model.get_submodule(n), c.reduction_factor, c.non_linearity)
             replace_module(model, n, layer)
