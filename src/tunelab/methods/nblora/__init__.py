@@ -2,9 +2,9 @@
 
 The update is a smooth function of unconstrained parameters B (d x r), A (r x k), theta (r):
 
-    dW = U diag(gamma * tanh(theta)) V^T,   U = qr(B).Q (d x r),   V = qr(A^T).Q (k x r)
+    dW = U diag(gamma * tanh(gain * theta)) V^T,   U = qr(B).Q (d x r),   V = qr(A^T).Q (k x r)
 
-U and V have orthonormal columns, so the singular values of dW are exactly gamma * |tanh(theta_i)|: each
+U and V have orthonormal columns, so the singular values of dW are exactly gamma * |tanh(gain theta_i)|: each
 stays below gamma for any parameter values, however large the learning rate. A per-singular-value bound
 gives any unitarily invariant norm bound; for a Schatten-p bound `bound` on a rank-r update,
 gamma = bound / r^(1/p) (spectral: p = inf, gamma = bound; Frobenius: p = 2; nuclear: p = 1). The map is
@@ -38,6 +38,8 @@ class NbLoraConfig(MethodConfig):
         "spectral", description="which norm `bound` applies to (or a Schatten p >= 1)")
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] | None = Field(None, description="default: peft's LoRA targets for the architecture")
+    gain: float = Field(16.0, gt=0, description="singular values are gamma * tanh(gain * theta): with Adam moving "
+                        "theta ~lr per step, gain sets how fast they grow (LoRA's grow ~sqrt(d) x lr)")
 
 
 def per_value_bound(bound: float, norm, r: int) -> float:
@@ -46,8 +48,9 @@ def per_value_bound(bound: float, norm, r: int) -> float:
 
 
 class NbLoraLinear(LowRankInjected):
-    def __init__(self, base: nn.Linear, r: int, gamma: float, dropout: float):
+    def __init__(self, base: nn.Linear, r: int, gamma: float, dropout: float, gain: float = 1.0):
         super().__init__(base, r, dropout)
+        self.gain = gain
         nn.init.kaiming_uniform_(self.lora_B, a=math.sqrt(5))  # a random frame; theta = 0 keeps dW = 0
         self.theta = nn.Parameter(torch.zeros(r, device=self.lora_A.device))
         self.gamma = gamma
@@ -57,7 +60,7 @@ class NbLoraLinear(LowRankInjected):
         with torch.autocast(self.lora_A.device.type, enabled=False):
             U = torch.linalg.qr(self.lora_B.float()).Q
             V = torch.linalg.qr(self.lora_A.float().T).Q
-            return U * (self.gamma * torch.tanh(self.theta.float())), V
+            return U * (self.gamma * torch.tanh(self.gain * self.theta.float())), V
 
     def extra(self, x, y):
         US, V = self.factors()
@@ -76,4 +79,4 @@ class NbLoraMethod(OwnMethod):
     def inject(self, model, head_modules):
         c = self.cfg
         gamma = per_value_bound(c.bound, c.norm, c.r)
-        wrap_linears(model, c.target_modules, head_modules, lambda m: NbLoraLinear(m, c.r, gamma, c.dropout))
+        wrap_linears(model, c.target_modules, head_modules, lambda m: NbLoraLinear(m, c.r, gamma, c.dropout, c.gain))
