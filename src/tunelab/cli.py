@@ -108,6 +108,22 @@ def predict(
         console.print(table)
 
 
+@app.command("compare")
+def compare_(
+    recipe: RecipeArg = None,
+    overrides: OverridesArg = None,
+    methods: Annotated[Optional[str], typer.Option(help="comma-separated methods, e.g. full,head,lora (default: the recipe's compare.methods)")] = None,
+    out: Annotated[Optional[str], typer.Option(help="compare folder (default: runs/compare-RECIPE-TIMESTAMP)")] = None,
+):
+    """Train the same recipe with several methods and write a comparison report (Markdown, HTML, compare.json)."""
+    from tunelab.workflows.compare import compare
+
+    recipe, overrides = _split_recipe(recipe, overrides)
+    recipe = recipe or "sentiment-compare"
+    names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    compare(recipe, names, overrides, out)
+
+
 @app.command()
 def chat(
     target: Annotated[str, typer.Argument(help="run folder of a generative run, or a model name / folder")] = "smollm2-135m-instruct",

@@ -94,6 +94,7 @@ def validate_config(raw: dict) -> RunConfig:
     from tunelab.methods import get_method, method_names
 
     raw = copy.deepcopy(raw)
+    raw.pop("compare", None)  # the `tunelab compare` section (workflows/compare.py); train ignores it
     method_raw = raw.get("method") or {}
     if not isinstance(method_raw, dict):
         raise TunelabError("method: must be a section such as {name: lora, r: 8}")

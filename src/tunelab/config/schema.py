@@ -96,6 +96,7 @@ class MethodConfig(Section):
 class TrainConfig(Section):
     epochs: float = Field(3, gt=0)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    max_minutes: float | None = Field(None, gt=0, description="time budget: stop after this much training time")
     batch_size: int = Field(32, ge=1)
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(5e-4, gt=0)

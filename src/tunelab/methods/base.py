@@ -49,6 +49,25 @@ class Method:
     def merge(self, model: nn.Module) -> nn.Module:
         raise TunelabError(f"method '{self.name}' cannot be merged into the base weights")
 
+    # -- optional hooks (defaults do nothing); each is called from exactly one place ------------
+    def model_load_kwargs(self) -> dict:
+        """Extra `from_pretrained` kwargs for the base model (qlora: its quantization config).
+        Called by the workflows before the base is loaded, for training and for reloading."""
+        return {}
+
+    def optimizer_groups(self, model: nn.Module, weight_decay: float, lr: float) -> list[dict] | None:
+        """AdamW parameter groups (each may set its own "lr"), or None for the loop's default groups
+        (loraplus: a larger learning rate for the B matrices)."""
+        return None
+
+    def on_optimizer_step(self, model: nn.Module, optimizer, step: int, total_steps: int) -> None:
+        """Called by the loop after optimizer.step() and before zero_grad(), with `step` the number of
+        steps done (adalora: rank budget update; scalora: merge and rescale)."""
+
+    def info(self) -> dict:
+        """Method-specific numbers for the run summary (qlora: base memory before/after quantization)."""
+        return {}
+
 
 def check_target_modules(model: nn.Module, targets: list[str] | str | None) -> None:
     """Fail early, with the names that do exist, when a target module is not in the model."""

@@ -42,7 +42,7 @@ class ClassificationTask:
         self.new_modules: list[str] = []
 
     # -- model ---------------------------------------------------------------------------------
-    def load(self, model_cfg: ModelConfig, labels: list[str]):
+    def load(self, model_cfg: ModelConfig, labels: list[str], **extra):
         """Tokenizer and backbone with a new, randomly initialized head of len(labels) outputs.
 
         Records in `self.new_modules` every module whose weights the checkpoint lacked (the head, and
@@ -58,6 +58,7 @@ class ClassificationTask:
                 id2label=dict(enumerate(labels)),
                 label2id={name: i for i, name in enumerate(labels)},
                 **kwargs,
+                **extra,
             )
         except OSError as e:
             raise load_error(model_cfg.name, e) from None

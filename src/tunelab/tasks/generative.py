@@ -50,14 +50,14 @@ class GenerativeTask:
         self.new_modules: list[str] = []
 
     # -- model ---------------------------------------------------------------------------------
-    def load(self, model_cfg: ModelConfig, labels=None):
+    def load(self, model_cfg: ModelConfig, labels=None, **extra):
         path, kwargs = hf_source(model_cfg)
         try:
             config = AutoConfig.from_pretrained(path, **kwargs)
             self.seq2seq = bool(getattr(config, "is_encoder_decoder", False))
             cls = AutoModelForSeq2SeqLM if self.seq2seq else AutoModelForCausalLM
             tok = AutoTokenizer.from_pretrained(path, **kwargs)
-            model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
+            model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs, **extra)
         except OSError as e:
             raise load_error(model_cfg.name, e) from None
         except ValueError as e:

@@ -62,11 +62,14 @@ def make_accelerator(cfg: TrainConfig) -> tuple[Accelerator, str]:
     return acc, precision
 
 
-def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, run: RunDir, *, resume: bool = False) -> dict:
+def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, run: RunDir, *, resume: bool = False,
+        method=None) -> dict:
     """Train `model` in place. Returns the loop state (best metric and step, steps done, ...);
-    `run.best_dir` holds the best trainable weights."""
+    `run.best_dir` holds the best trainable weights. `method` (a tunelab Method) may supply its own
+    optimizer groups and a hook run after each optimizer step."""
     accelerator, precision = make_accelerator(cfg)
-    optimizer = torch.optim.AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.lr)
+    groups = method.optimizer_groups(model, cfg.weight_decay, cfg.lr) if method is not None else None
+    optimizer = torch.optim.AdamW(groups or decay_groups(model, cfg.weight_decay), lr=cfg.lr)
     micro_per_epoch = len(hooks.batches(0))
     steps_per_epoch = max(1, math.ceil(micro_per_epoch / cfg.grad_accum))
     total_steps = math.ceil(cfg.epochs * steps_per_epoch)
@@ -146,6 +149,8 @@ def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, run: RunDir,
                         raise NonFiniteLossError(f"gradient norm is {grad_norm} at step {state['step'] + 1}", state["step"] + 1)
                 optimizer.step()
                 scheduler.step()
+                if method is not None:
+                    method.on_optimizer_step(model, optimizer, state["step"] + 1, total_steps)
                 optimizer.zero_grad(set_to_none=True)
                 state["step"] += 1
                 dt = time.perf_counter() - t0
@@ -154,7 +159,9 @@ def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, run: RunDir,
                          "loss": step_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                          "examples": n_examples, "seconds": dt})
                 advance(1, info=f"loss {step_loss:.4f}")
-                last = state["step"] == total_steps
+                last = state["step"] == total_steps or bool(cfg.max_minutes and state["train_seconds"] >= 60 * cfg.max_minutes)
+                if last:
+                    state["total_steps"] = total_steps = state["step"]  # a time budget ends the run here
                 if state["step"] % eval_every == 0 or last:
                     evaluate_and_keep_best()
                 if state["step"] % save_every == 0 or last or state["stopped_early"]:

@@ -31,9 +31,10 @@ def load_chat_model(target: str):
         if not (run.adapter_dir / "adapter_config.json").is_file() and not (run.adapter_dir / "tunelab_method.json").is_file():
             raise TunelabError(f"run '{target}' has no saved adapter yet; resume it with `tunelab train --resume {target}`")
         task = get_task(cfg.task.type)
+        method = get_method(cfg.method.name)(cfg.method)
         with status(f"Loading {cfg.model.name} + adapter"):
-            tok, base = task.load(cfg.model)
-            model = get_method(cfg.method.name)(cfg.method).load(base, run.adapter_dir)
+            tok, base = task.load(cfg.model, **method.model_load_kwargs())
+            model = method.load(base, run.adapter_dir)
         return tok, model.eval(), task.seq2seq, cfg.generate, cfg.task.system_prompt
     task = get_task("chat")
     with status(f"Loading {target}"):

@@ -29,9 +29,9 @@ def peak_rss_mb() -> float:
 def build_model(cfg: RunConfig, labels: list[str]):
     """(task, tokenizer, model with the method applied, method)."""
     task = get_task(cfg.task.type)
-    with status(f"Loading {cfg.model.name}"):
-        tok, model = task.load(cfg.model, labels)
     method = get_method(cfg.method.name)(cfg.method)
+    with status(f"Loading {cfg.model.name}"):
+        tok, model = task.load(cfg.model, labels, **method.model_load_kwargs())
     model = method.apply(model, head_modules=task.head_modules(model), peft_task_type=task.peft_task_type)
     return task, tok, model, method
 
@@ -68,8 +68,9 @@ def load_run(path: str) -> LoadedRun:
     labels = json.loads(labels_file.read_text(encoding="utf-8")) if labels_file.is_file() else []
     task = get_task(cfg.task.type)
     with status(f"Loading {cfg.model.name} + adapter"):
-        tok, base = task.load(cfg.model, labels)
-        model = get_method(cfg.method.name)(cfg.method).load(base, run.adapter_dir)
+        method = get_method(cfg.method.name)(cfg.method)
+        tok, base = task.load(cfg.model, labels, **method.model_load_kwargs())
+        model = method.load(base, run.adapter_dir)
     model.eval()
     precision = resolve_precision(cfg.train.precision, "cpu")
     return LoadedRun(run, cfg, task, tok, model, labels, precision)

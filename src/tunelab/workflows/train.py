@@ -92,7 +92,7 @@ def train_classification(cfg: RunConfig, run: RunDir, *, resume: bool) -> None:
         metric=metric,
         higher_is_better=task.higher_is_better.get(metric, True),
     )
-    state = fit_or_explain(model, cfg, hooks, run, resume)
+    state = fit_or_explain(model, cfg, hooks, run, resume, method)
 
     # -- after ----------------------------------------------------------------------------------
     load_best(run, model)
@@ -114,7 +114,7 @@ def train_classification(cfg: RunConfig, run: RunDir, *, resume: bool) -> None:
         "train_seconds": round(state["train_seconds"], 1), "wall_seconds": round(time.perf_counter() - t_start, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "test": {name: {k: v for k, v in m.items()} for name, m in columns.items()},
-        "adapter": str(run.adapter_dir),
+        "adapter": str(run.adapter_dir), "method_info": method.info(),
     }
     write_report(run, summary, columns, labels)
     console.print(results_table(columns, labels))
@@ -123,10 +123,10 @@ def train_classification(cfg: RunConfig, run: RunDir, *, resume: bool) -> None:
                   f"Report: {run.path / 'report.md'}  Adapter: {run.adapter_dir}")
 
 
-def fit_or_explain(model, cfg: RunConfig, hooks: LoopHooks, run: RunDir, resume: bool) -> dict:
+def fit_or_explain(model, cfg: RunConfig, hooks: LoopHooks, run: RunDir, resume: bool, method=None) -> dict:
     """Run the loop; a NaN/inf loss becomes one line that names the step and the checkpoint kept."""
     try:
-        return fit(model, cfg.train, hooks, run, resume=resume)
+        return fit(model, cfg.train, hooks, run, resume=resume, method=method)
     except NonFiniteLossError as e:
         ckpt = latest_checkpoint(run.checkpoints)
         kept = f"kept the last good checkpoint {ckpt.relative_to(run.path)}" if ckpt else "no checkpoint was written yet"

@@ -87,7 +87,7 @@ def train_generative(cfg: RunConfig, run: RunDir, *, resume: bool) -> None:
         metric=metric,
         higher_is_better=task.higher_is_better.get(metric, False),
     )
-    state = fit_or_explain(model, cfg, hooks, run, resume)
+    state = fit_or_explain(model, cfg, hooks, run, resume, method)
 
     # -- after ----------------------------------------------------------------------------------
     load_best(run, model)

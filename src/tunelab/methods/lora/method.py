@@ -1,14 +1,13 @@
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import peft
 from pydantic import Field
-from torch import nn
 
 from tunelab.config.schema import MethodConfig
-from tunelab.methods.base import Method, check_target_modules, register
+from tunelab.methods.base import check_target_modules, register
+from tunelab.methods.peft_common import PeftMethod, head_list
 
 
 class LoraConfig(MethodConfig):
@@ -22,40 +21,38 @@ class LoraConfig(MethodConfig):
     bias: Literal["none", "all", "lora_only"] = "none"
     use_rslora: bool = Field(False, description="scale by alpha / sqrt(r) (rank-stabilized LoRA)")
     use_dora: bool = Field(False, description="weight-decomposed LoRA (DoRA)")
-    init: Literal["default", "gaussian", "pissa", "olora"] = "default"
+    init: Literal["default", "gaussian", "pissa", "olora"] = Field(
+        "default", description="pissa: A, B from the top-r singular vectors of W, W keeps the residual"
+    )
+
+
+def lora_peft_config(c, head_modules: list[str], peft_task_type: str | None, **extra) -> peft.LoraConfig:
+    """The peft LoraConfig of any LoRA-family section (lora, loraplus, qlora share the fields)."""
+    return peft.LoraConfig(
+        task_type=peft_task_type,
+        r=c.r,
+        lora_alpha=c.alpha,
+        lora_dropout=c.dropout,
+        target_modules=c.target_modules,
+        bias=c.bias,
+        use_rslora=c.use_rslora,
+        use_dora=c.use_dora,
+        init_lora_weights={"default": True}.get(c.init, c.init),
+        # The new task head is trained in full and saved inside the adapter folder, so the
+        # adapter alone restores the fine-tuned classifier.
+        modules_to_save=head_list(head_modules),
+        **extra,
+    )
 
 
 @register
-class LoraMethod(Method):
+class LoraMethod(PeftMethod):
     name = "lora"
     config_cls = LoraConfig
 
-    def peft_config(self, head_modules: list[str], peft_task_type: str | None) -> peft.LoraConfig:
-        c = self.cfg
-        return peft.LoraConfig(
-            task_type=peft_task_type,
-            r=c.r,
-            lora_alpha=c.alpha,
-            lora_dropout=c.dropout,
-            target_modules=c.target_modules,
-            bias=c.bias,
-            use_rslora=c.use_rslora,
-            use_dora=c.use_dora,
-            init_lora_weights={"default": True}.get(c.init, c.init),
-            # The new task head is trained in full and saved inside the adapter folder, so the
-            # adapter alone restores the fine-tuned classifier.
-            modules_to_save=list(head_modules) or None,
-        )
+    def peft_config(self, head_modules, peft_task_type):
+        return lora_peft_config(self.cfg, head_modules, peft_task_type)
 
     def apply(self, model, *, head_modules, peft_task_type):
         check_target_modules(model, self.cfg.target_modules)
-        return peft.get_peft_model(model, self.peft_config(head_modules, peft_task_type))
-
-    def save(self, model: peft.PeftModel, out_dir: Path) -> None:
-        model.save_pretrained(str(out_dir), safe_serialization=True)
-
-    def load(self, base: nn.Module, adapter_dir: Path, *, trainable: bool = False) -> nn.Module:
-        return peft.PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
-
-    def merge(self, model: peft.PeftModel) -> nn.Module:
-        return model.merge_and_unload()
+        return super().apply(model, head_modules=head_modules, peft_task_type=peft_task_type)

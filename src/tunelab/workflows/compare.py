@@ -1,0 +1,301 @@
+"""`tunelab compare RECIPE --methods full,head,lora,...`: the same recipe (data, split, seed, budget)
+trained once per method, each in its own run folder under one compare folder, then one report.
+
+The recipe may hold a `compare:` section (ignored by `tunelab train`):
+
+    compare:
+      methods: [full, head, lora]          # default for --methods
+      method:  {lora: {r: 8, alpha: 16}}   # each method's config section (default: its defaults)
+      train:   {full: {lr: 5.0e-5}}        # per-method train overrides (learning rates differ by method)
+      time_budget_minutes: null            # optional: stop each method's training after this long
+      latency_batch: 32                    # inference latency: median ms per batch of this many test texts
+
+Each method runs in a child process: its peak memory is its own, and a crash (even a segfault) is
+reported as that method's failure while the others still run. The child also reloads the saved
+adapter from disk (as `tunelab eval` does) and times inference with it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import multiprocessing as mp
+import statistics
+import time
+import traceback
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tunelab.config.load import _merge, parse_overrides, read_recipe, validate_config
+from tunelab.console import console
+from tunelab.errors import TunelabError
+from tunelab.runs.io import atomic_write_json
+
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "method_weights.safetensors", "tunelab_method.json")
+
+
+class CompareSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    methods: list[str] = Field(default_factory=lambda: ["full", "head", "lora"])
+    method: dict[str, dict] = Field(default_factory=dict)
+    train: dict[str, dict] = Field(default_factory=dict)
+    time_budget_minutes: float | None = Field(None, gt=0)
+    latency_batch: int = Field(32, ge=1)
+    latency_repeats: int = Field(7, ge=1)
+
+
+def method_raw(raw: dict, spec: CompareSpec, name: str, out_dir: Path) -> dict:
+    """The recipe for one method: its own method section and train overrides, its own run folder."""
+    r = copy.deepcopy(raw)
+    r.pop("compare", None)
+    r["method"] = {**spec.method.get(name, {}), "name": name}
+    r["train"] = _merge(r.get("train") or {}, spec.train.get(name, {}))
+    if spec.time_budget_minutes:
+        r["train"]["max_minutes"] = spec.time_budget_minutes
+    r["output"] = {**(r.get("output") or {}), "dir": str(out_dir / name)}
+    return r
+
+
+def compare(recipe: str | None, methods: list[str] | None = None, overrides: list[str] | None = None,
+            out: str | None = None) -> Path:
+    raw, _ = read_recipe(recipe)
+    if overrides:
+        raw = _merge(raw, parse_overrides(overrides))
+    try:
+        spec = CompareSpec.model_validate(raw.get("compare") or {})
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise TunelabError(f"compare.{'.'.join(map(str, first['loc']))}: {first['msg'].lower()}") from None
+    names = methods or spec.methods
+    from tunelab.methods import method_names
+
+    unknown = [m for m in names if m not in method_names()]
+    if unknown:
+        raise TunelabError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(method_names())}")
+    root = Path(out) if out else Path((raw.get("output") or {}).get("root", "runs")) / f"compare-{raw['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    root.mkdir(parents=True, exist_ok=True)
+    raws = {m: method_raw(raw, spec, m, root) for m in names}
+    for m, r in raws.items():  # validate every config before spending time on the first training
+        validate_config(r)
+    console.print(f"[bold]Compare[/] {len(names)} methods -> {root}")
+    results = []
+    ctx = mp.get_context("spawn")
+    for i, m in enumerate(names, 1):
+        console.print(f"\n[bold]== {i}/{len(names)}: {m}[/]")
+        t0 = time.perf_counter()
+        proc = ctx.Process(target=_child, args=(raws[m], spec.latency_batch, spec.latency_repeats))
+        proc.start()
+        proc.join()
+        run_dir = root / m
+        res = {"method": m, "run": str(run_dir), "wall_seconds": round(time.perf_counter() - t0, 1)}
+        extra = _read(run_dir / "compare_result.json")
+        if proc.exitcode == 0 and extra and extra.get("status") == "ok":
+            res.update(extra)
+        else:
+            err = (extra or {}).get("error") or f"process exited with code {proc.exitcode}"
+            res.update(status="failed", error=err)
+            console.print(f"[red]{m} failed:[/] {err}")
+        results.append(res)
+        atomic_write_json(root / "compare.json", _document(raw, names, results))  # partial results survive
+    doc = _document(raw, names, results)
+    atomic_write_json(root / "compare.json", doc)
+    write_compare_report(root, doc)
+    print_table(doc)
+    console.print(f"\nReport: {root / 'report.md'}  {root / 'report.html'}  {root / 'compare.json'}")
+    return root
+
+
+def _document(raw: dict, names: list[str], results: list[dict]) -> dict:
+    return {"recipe": raw.get("name"), "model": (raw.get("model") or {}).get("name"), "methods": names,
+            "metric": (raw.get("train") or {}).get("metric_for_best", "macro_f1"), "results": results}
+
+
+def _read(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _child(raw: dict, latency_batch: int, repeats: int) -> None:
+    """Train one method, reload its adapter, time inference; write compare_result.json."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+    out_dir = Path(raw["output"]["dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        from tunelab.workflows.train import train
+
+        cfg = validate_config(raw)
+        run = train(cfg, overwrite=True)
+        summary = json.loads(run.summary_path.read_text(encoding="utf-8"))
+        latency = measure_latency(str(run.path), latency_batch, repeats)
+        metric = cfg.train.metric_for_best
+        losses = [(r["step"], r["loss"]) for r in run.metrics() if r.get("split") == "train"]
+        result = {
+            "status": "ok", "trainable_params": summary["trainable_params"], "total_params": summary["total_params"],
+            "trainable_percent": summary["trainable_percent"], "metric": metric,
+            "test_metric": summary["test"]["after"][metric], "test_accuracy": summary["test"]["after"].get("accuracy"),
+            "train_seconds": summary["train_seconds"], "steps": summary["steps"], "peak_rss_mb": summary["peak_rss_mb"],
+            "adapter_bytes": adapter_bytes(run.adapter_dir), **latency, "lr": cfg.train.lr,
+            "method_info": summary.get("method_info") or {}, "loss_curve": losses,
+        }
+    except BaseException as e:  # noqa: BLE001 - any failure is this method's result
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        result = {"status": "failed", "error": f"{type(e).__name__}: {msg}"[:500], "traceback": traceback.format_exc()[-3000:]}
+    atomic_write_json(out_dir / "compare_result.json", result)
+
+
+def adapter_bytes(adapter_dir: Path) -> int:
+    """Size on disk of what the method saved (weights + its config), without tokenizer and labels."""
+    return sum((adapter_dir / f).stat().st_size for f in ADAPTER_FILES if (adapter_dir / f).is_file())
+
+
+def measure_latency(run_path: str, batch: int, repeats: int) -> dict:
+    """Median wall time of one forward pass over `batch` test texts, with the adapter reloaded from disk."""
+    import numpy as np
+    import torch
+
+    from tunelab.data import load_splits
+    from tunelab.train.precision import autocast
+    from tunelab.workflows.common import load_run
+
+    lr = load_run(run_path)
+    test = load_splits(lr.cfg.data, lr.cfg.task).test
+    texts = test["text"].tolist()[:batch]
+    enc = lr.tokenizer(texts, truncation=True, max_length=lr.cfg.model.max_length, padding=True, return_tensors="pt")
+    device = next(lr.model.parameters()).device
+    enc = {k: v.to(device) for k, v in enc.items()}
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 1):
+            t0 = time.perf_counter()
+            with autocast(lr.precision, device.type):
+                lr.model(**enc)
+            if i:  # the first call warms up
+                times.append((time.perf_counter() - t0) * 1000)
+    return {"latency_ms": round(statistics.median(times), 2), "latency_batch": len(texts),
+            "latency_precision": lr.precision, "reload_ok": True}
+
+
+# -- report ------------------------------------------------------------------------------------
+
+def _fmt_bytes(n) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def table_rows(doc: dict) -> list[list[str]]:
+    rows = []
+    for r in doc["results"]:
+        if r.get("status") != "ok":
+            rows.append([r["method"], "failed", "-", "-", "-", "-", "-", "-", r.get("error", "")])
+            continue
+        rows.append([r["method"], f"{r['trainable_params']:,}", f"{r['trainable_percent']:.3f}%", f"{r['test_metric']:.4f}",
+                     f"{r['train_seconds']:.0f} s", f"{r['peak_rss_mb']:.0f} MB", _fmt_bytes(r["adapter_bytes"]),
+                     f"{r['latency_ms']:.1f} ms", _notes(r)])
+    return rows
+
+
+def _notes(r: dict) -> str:
+    info = r.get("method_info") or {}
+    notes = [f"lr {r['lr']:g}"]
+    if "base_mb_quantized" in info:
+        notes.append(f"base {info['base_mb_full_precision']:.0f} MB fp32 -> {info['base_mb_quantized']:.0f} MB quantized")
+    return "; ".join(notes)
+
+
+def headers(doc: dict) -> list[str]:
+    return ["method", "trainable params", "trainable %", f"test {doc['metric']}", "train time", "peak memory (RSS)",
+            "adapter on disk", "latency / batch", "notes"]
+
+
+def write_compare_report(root: Path, doc: dict) -> None:
+    import base64
+
+    plots = plot_compare(root, doc)
+    head, rows = headers(doc), table_rows(doc)
+    md = [f"# Compare: {doc['recipe']} ({doc['model']})", "",
+          f"Same data, split, seed and budget for every method; metric: test {doc['metric']}. "
+          "Latency: median of repeated forward passes over one batch of test texts, adapter reloaded from disk.", "",
+          "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    md += ["| " + " | ".join(row) + " |" for row in rows]
+    md += [""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
+    (root / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    esc = lambda s: str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")  # noqa: E731
+    imgs = "".join(f'<p><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"></p>'
+                   for p in plots)
+    html = ("<!doctype html><html><head><meta charset='utf-8'><title>tunelab compare</title><style>"
+            "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+            "padding:4px 8px;text-align:right}td:first-child,th:first-child,td:last-child{text-align:left}</style></head><body>"
+            f"<h1>Compare: {esc(doc['recipe'])} ({esc(doc['model'])})</h1><table><tr>"
+            + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+            + f"</table>{imgs}</body></html>")
+    (root / "report.html").write_text(html, encoding="utf-8")
+
+
+def plot_compare(root: Path, doc: dict) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in doc["results"] if r.get("status") == "ok"]
+    if not ok:
+        return []
+    (root / "plots").mkdir(exist_ok=True)
+    out = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in ok:
+        ax.scatter(max(r["trainable_percent"], 1e-4), r["test_metric"])
+        ax.annotate(r["method"], (max(r["trainable_percent"], 1e-4), r["test_metric"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (% of total, log scale)")
+    ax.set_ylabel(f"test {doc['metric']}")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    out.append(root / "plots" / "metric_vs_trainable.png")
+    fig.savefig(out[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for r in ok:
+        curve = r.get("loss_curve") or []
+        if not curve:
+            continue
+        steps, losses = zip(*curve)
+        k = max(1, len(losses) // 30)  # moving average over ~1/30 of the run
+        smooth = [sum(losses[max(0, i - k + 1): i + 1]) / len(losses[max(0, i - k + 1): i + 1]) for i in range(len(losses))]
+        ax.plot(steps, smooth, label=r["method"], linewidth=1.2)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("train loss (moving average)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    out.append(root / "plots" / "loss_curves.png")
+    fig.savefig(out[-1], dpi=110)
+    plt.close(fig)
+    return out
+
+
+def print_table(doc: dict) -> None:
+    from rich.table import Table
+
+    t = Table(header_style="bold")
+    for h in headers(doc):
+        t.add_column(h)
+    for row in table_rows(doc):
+        t.add_row(*row)
+    console.print(t)
+
+

