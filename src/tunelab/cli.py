@@ -6,8 +6,12 @@ import os
 import sys
 from typing import Annotated, Optional
 
+import logging
 import warnings
 
+# bitsandbytes' CPU backend tries to fetch an optional kernel from the hub at import and logs a
+# warning when it cannot (always, offline); its built-in CPU kernels are used either way.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Library deprecation chatter (transformers 5 / peft) says nothing actionable to a tunelab user.
 warnings.filterwarnings("ignore", category=FutureWarning)
