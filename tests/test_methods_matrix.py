@@ -103,6 +103,7 @@ def train_steps(method, model, batch, steps=3, lr=1e-2):
         model.train()
         loss = model(**batch).loss
         loss.backward()
+        method.before_optimizer_step(model, opt, step, steps)
         opt.step()
         method.on_optimizer_step(model, opt, step, steps)
         opt.zero_grad()
@@ -166,6 +167,46 @@ def test_nblora_update_stays_within_its_norm_bound_at_a_huge_learning_rate(norm,
         assert value <= bound * (1 + 1e-5), f"{norm} norm {float(value):.4f} exceeds the bound {bound}"
 
 
+@pytest.mark.parametrize("p", [float("inf"), 2.0, 1.0, 3.0])
+def test_nblora_parameterization_has_the_papers_properties_exactly(p):
+    """Cayley factors are semi-orthogonal, sigma_i(dW) <= s_i with ||s||_p = bound for any parameters,
+    the update starts at 0, and the bound is attained: the paper's preimage of U S V^T maps to it."""
+    from tunelab.methods.nblora import NbLoraLinear, cayley
+
+    torch.manual_seed(0)
+    d_out, d_in, r, bound = 16, 24, 4, 0.7
+    layer = NbLoraLinear(torch.nn.Linear(d_in, d_out), r, bound, p, temperature=1.0, dropout=0.0)
+    assert float(layer.delta_weight().detach().abs().max()) < 1e-6  # initialization: dW = 0
+    with torch.no_grad():  # arbitrary, large free parameters
+        for t in (layer.lora_A, layer.lora_B, *([layer.v] if layer.v is not None else [])):
+            t.copy_(5 * torch.randn_like(t))
+    Q = cayley(torch.cat([layer.lora_A.T, layer.lora_B.T])).double()
+    torch.testing.assert_close(Q.T @ Q, torch.eye(r, dtype=torch.float64), atol=1e-5, rtol=0)
+    s = layer.singular_bounds().detach().double()
+    assert abs(float(s.norm(p=p)) - bound) < 1e-6  # ||s||_p = bound (p = inf: every s_i = bound)
+    sigma = torch.linalg.svdvals(layer.delta_weight().detach().double())[:r]
+    assert (sigma <= s.sort(descending=True).values + 1e-6).all(), (sigma, s)
+    assert float(sigma.norm(p=p)) <= bound * (1 + 1e-6)
+
+    # Attainment: A = U^T / sqrt2, B = V^T / sqrt2 gives 2 A^T S B = U S V^T; invert the Cayley map.
+    U = torch.linalg.qr(torch.randn(d_out, r, dtype=torch.float64)).Q
+    V = torch.linalg.qr(torch.randn(d_in, r, dtype=torch.float64)).Q
+    target = torch.cat([U, V]) / 2**0.5
+    Q1, Q2, eye = target[:r], target[r:], torch.eye(r, dtype=torch.float64)
+    Z = torch.linalg.solve(eye + Q1, eye - Q1)
+    Y = -0.5 * Q2 @ (eye + Z)
+    X = 0.5 * (Z - Y.T @ Y)
+    torch.testing.assert_close(X, -X.T, atol=1e-9, rtol=0)  # Z - Y^T Y is skew, as the paper's form needs
+    stacked = torch.cat([X, Y]).float()
+    with torch.no_grad():
+        layer.lora_A.copy_(stacked[:d_out].T)
+        layer.lora_B.copy_(stacked[d_out:].T)
+    s = layer.singular_bounds().detach().double()
+    dW = layer.delta_weight().detach().double()
+    torch.testing.assert_close(dW, U @ torch.diag(s) @ V.T, atol=2e-5, rtol=0)
+    torch.testing.assert_close(torch.linalg.svdvals(dW)[:r], s.sort(descending=True).values, atol=2e-5, rtol=0)
+
+
 def test_scalora_accumulated_update_exceeds_rank_r(tmp_path):
     from tunelab.methods.scalora import ScaLoraConfig, ScaLoraLinear, ScaLoraMethod
 
@@ -179,10 +220,10 @@ def test_scalora_accumulated_update_exceeds_rank_r(tmp_path):
     ranks = []
     for name, m in model.named_modules():
         if isinstance(m, ScaLoraLinear):
-            total = m.accumulated_update()
-            # the accumulated update is exactly what changed in the effective weight
-            effective = m.base.weight.detach() + m.delta_weight().detach()
-            torch.testing.assert_close(effective - original[name], total, atol=1e-5, rtol=0)
+            # the frozen weight is never written: everything trained is in delta_weight (merged + live)
+            torch.testing.assert_close(m.base.weight.detach(), original[name], atol=0, rtol=0)
+            total = m.delta_weight().detach()
+            assert float(m.merged.abs().max()) > 0  # merges happened
             ranks.append(int(torch.linalg.matrix_rank(total.double(), rtol=1e-6)))
     assert max(ranks) > r, f"accumulated ranks {ranks} never exceed r={r}"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
+import torch
 from torch import nn
 
 from tunelab.config.schema import MethodConfig
@@ -60,9 +61,19 @@ class Method:
         (loraplus: a larger learning rate for the B matrices)."""
         return None
 
+    def before_optimizer_step(self, model: nn.Module, optimizer, step: int, total_steps: int) -> None:
+        """Called by the loop before optimizer.step(), gradients in place, with `step` the number of the
+        step about to be taken (1-based) (scalora: merge and rescale with the current gradient)."""
+
     def on_optimizer_step(self, model: nn.Module, optimizer, step: int, total_steps: int) -> None:
         """Called by the loop after optimizer.step() and before zero_grad(), with `step` the number of
-        steps done (adalora: rank budget update; scalora: merge and rescale)."""
+        steps done (adalora: rank budget update)."""
+
+    def extra_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Model buffers, by their name in `model`, that are trained state besides the trainable
+        parameters (scalora: the update merged so far). Saved with them in every checkpoint, best/ and
+        the adapter, and copied back by name on load."""
+        return {}
 
     def info(self) -> dict:
         """Method-specific numbers for the run summary (qlora: base memory before/after quantization)."""

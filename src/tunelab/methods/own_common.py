@@ -18,6 +18,7 @@ from torch import nn
 
 from tunelab.errors import TunelabError
 from tunelab.methods.base import Method
+from tunelab.train.checkpoint import trainable_state
 
 WEIGHTS = "method_weights.safetensors"
 META = "tunelab_method.json"
@@ -95,8 +96,8 @@ def set_head_trainable(model: nn.Module, head_modules: list[str]) -> None:
 
 class OwnMethod(Method):
     """Subclasses implement `inject(model, head_modules)` (wrap layers, set requires_grad on what the
-    method trains); the head modules are made trainable here. `extra_state(model)` names tensors that
-    are not trainable parameters but must be saved (scalora's merged update)."""
+    method trains); the head modules are made trainable here. Buffers named by `extra_state(model)`
+    (base.Method) are saved and loaded with the trainable parameters."""
 
     format = "tunelab"
 
@@ -111,21 +112,10 @@ class OwnMethod(Method):
         self.head_modules = list(head_modules)
         return model
 
-    def extra_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return {}
-
-    def load_extra_state(self, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-        """Called after the saved tensors are copied in (scalora re-applies its merged update)."""
-
-    def saved_tensors(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        out = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
-        out.update({n: t.detach().contiguous().cpu() for n, t in self.extra_state(model).items()})
-        return out
-
     def save(self, model, out_dir: Path) -> None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        tensors = self.saved_tensors(model)
+        tensors = trainable_state(model, self)  # what trains + extra_state, as checkpoints hold it
         save_file(tensors, str(out_dir / WEIGHTS))
         meta = {"method": self.name, "config": self.cfg.model_dump(), "head_modules": getattr(self, "head_modules", []),
                 "tensors": sorted(tensors)}
@@ -152,7 +142,6 @@ class OwnMethod(Method):
             for n, t in tensors.items():
                 if n in state:
                     state[n].copy_(t)
-        self.load_extra_state(model, tensors)
         if not trainable:
             for p in model.parameters():
                 p.requires_grad_(False)

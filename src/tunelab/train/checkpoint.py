@@ -23,19 +23,25 @@ from tunelab.runs.io import atomic_write_text, fsync_dir
 LATEST = "latest"
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+def trainable_state(model: torch.nn.Module, method=None) -> dict[str, torch.Tensor]:
+    """Trainable parameters plus the method's extra trained buffers (`Method.extra_state`)."""
+    out = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    if method is not None:
+        out.update({n: t.detach().contiguous().cpu() for n, t in method.extra_state(model).items()})
+    return out
 
 
-def load_trainable_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    params = dict(model.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in tensors]
-    unknown = [n for n in tensors if n not in params]
+def load_trainable_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], method=None) -> None:
+    targets = {**dict(model.named_buffers()), **dict(model.named_parameters())}
+    expected = [n for n, p in model.named_parameters() if p.requires_grad]
+    expected += list(method.extra_state(model)) if method is not None else []
+    missing = [n for n in expected if n not in tensors]
+    unknown = [n for n in tensors if n not in targets]
     if missing or unknown:
         raise RuntimeError(f"checkpoint does not fit the model (missing {missing[:3]}, unexpected {unknown[:3]})")
     with torch.no_grad():
         for n, t in tensors.items():
-            params[n].copy_(t)
+            targets[n].copy_(t)
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
@@ -84,13 +90,14 @@ def _optimizer_join(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, loop_state: dict, keep: int = 2) -> Path:
+def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, loop_state: dict, keep: int = 2,
+                    method=None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
     tmp = root / f".step-{step:07d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(trainable_state(model), tmp / "model.safetensors")
+    save_file(trainable_state(model, method), tmp / "model.safetensors")
     opt_tensors, opt_meta = _optimizer_split(optimizer.state_dict())
     save_file(opt_tensors, tmp / "optimizer.safetensors")
     rng_tensors, rng_meta = _rng_state()
@@ -124,10 +131,10 @@ def latest_checkpoint(root: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+def load_checkpoint(path: Path, model, optimizer, scheduler, method=None) -> dict:
     """Restore everything saved by save_checkpoint; return the loop state."""
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    load_trainable_state(model, load_file(path / "model.safetensors"))
+    load_trainable_state(model, load_file(path / "model.safetensors"), method)
     optimizer.load_state_dict(_optimizer_join(load_file(path / "optimizer.safetensors"), state["optimizer"]))
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(load_file(path / "rng.safetensors"), state["rng"])

@@ -65,8 +65,8 @@ def make_accelerator(cfg: TrainConfig) -> tuple[Accelerator, str]:
 def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, run: RunDir, *, resume: bool = False,
         method=None) -> dict:
     """Train `model` in place. Returns the loop state (best metric and step, steps done, ...);
-    `run.best_dir` holds the best trainable weights. `method` (a tunelab Method) may supply its own
-    optimizer groups and a hook run after each optimizer step."""
+    `run.best_dir` holds the best trainable weights (and the method's extra state). `method` (a tunelab
+    Method) may supply its own optimizer groups, hooks run around each optimizer step and extra state."""
     accelerator, precision = make_accelerator(cfg)
     groups = method.optimizer_groups(model, cfg.weight_decay, cfg.lr) if method is not None else None
     optimizer = torch.optim.AdamW(groups or decay_groups(model, cfg.weight_decay), lr=cfg.lr)
@@ -91,7 +91,7 @@ def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, run: RunDir,
              "precision": precision}
     ckpt = latest_checkpoint(run.checkpoints) if resume else None
     if ckpt is not None:
-        state.update(load_checkpoint(ckpt, model, optimizer, scheduler))
+        state.update(load_checkpoint(ckpt, model, optimizer, scheduler, method))
         run.truncate_metrics(state["step"])
         console.print(f"Resuming from {ckpt.name} (step {state['step']} of {total_steps})")
     elif resume:
@@ -110,7 +110,7 @@ def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, run: RunDir,
         improved = best is None or (value > best if hooks.higher_is_better else value < best)
         if improved:
             state.update(best_metric=value, best_step=state["step"], bad_evals=0)
-            _save_best(run, model)
+            _save_best(run, model, method)
         else:
             state["bad_evals"] += 1
             if cfg.early_stopping_patience and state["bad_evals"] >= cfg.early_stopping_patience:
@@ -147,6 +147,8 @@ def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, run: RunDir,
                     grad_norm = float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm))
                     if not math.isfinite(grad_norm):
                         raise NonFiniteLossError(f"gradient norm is {grad_norm} at step {state['step'] + 1}", state["step"] + 1)
+                if method is not None:
+                    method.before_optimizer_step(model, optimizer, state["step"] + 1, total_steps)
                 optimizer.step()
                 scheduler.step()
                 if method is not None:
@@ -165,11 +167,12 @@ def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, run: RunDir,
                 if state["step"] % eval_every == 0 or last:
                     evaluate_and_keep_best()
                 if state["step"] % save_every == 0 or last or state["stopped_early"]:
-                    save_checkpoint(run.checkpoints, state["step"], model, optimizer, scheduler, state, cfg.keep_checkpoints)
+                    save_checkpoint(run.checkpoints, state["step"], model, optimizer, scheduler, state, cfg.keep_checkpoints,
+                                    method)
     return state
 
 
-def _save_best(run: RunDir, model: torch.nn.Module) -> None:
+def _save_best(run: RunDir, model: torch.nn.Module, method=None) -> None:
     import os
     import shutil
 
@@ -178,7 +181,7 @@ def _save_best(run: RunDir, model: torch.nn.Module) -> None:
     tmp = run.path / ".best.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(trainable_state(model), tmp / "model.safetensors")
+    save_file(trainable_state(model, method), tmp / "model.safetensors")
     old = run.path / ".best.old"
     shutil.rmtree(old, ignore_errors=True)
     if run.best_dir.exists():
@@ -187,10 +190,10 @@ def _save_best(run: RunDir, model: torch.nn.Module) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_best(run: RunDir, model: torch.nn.Module) -> None:
+def load_best(run: RunDir, model: torch.nn.Module, method=None) -> None:
     from safetensors.torch import load_file
 
-    load_trainable_state(model, load_file(run.best_dir / "model.safetensors"))
+    load_trainable_state(model, load_file(run.best_dir / "model.safetensors"), method)
 
 
 def set_seed(seed: int) -> None:

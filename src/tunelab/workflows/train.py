@@ -95,7 +95,7 @@ def train_classification(cfg: RunConfig, run: RunDir, *, resume: bool) -> None:
     state = fit_or_explain(model, cfg, hooks, run, resume, method)
 
     # -- after ----------------------------------------------------------------------------------
-    load_best(run, model)
+    load_best(run, model, method)
     after = evaluate("test", "Evaluating after")
     save_adapter(run, method, model, tok, labels)
 

@@ -90,7 +90,7 @@ def train_generative(cfg: RunConfig, run: RunDir, *, resume: bool) -> None:
     state = fit_or_explain(model, cfg, hooks, run, resume, method)
 
     # -- after ----------------------------------------------------------------------------------
-    load_best(run, model)
+    load_best(run, model, method)
     after = evaluate(desc="After")
     save_adapter(run, method, model, tok)
 

@@ -1,24 +1,32 @@
 """ScaLoRA: high-rank updates from successive low-rank increments (after Zhang, Yang, Cai & Giannakis,
 arXiv 2510.23818).
 
-LoRA's update s B A stays in one rank-r subspace. Every `merge_every` optimizer steps ScaLoRA folds the
-current adapter into the frozen weight and continues with column-scaled factors
+LoRA's update s B A stays in one rank-r subspace. Before every `merge_every`-th optimizer step ScaLoRA
+folds the current adapter into the frozen weight and continues with column-scaled factors
     B~ = B diag(beta),  A~ = diag(alpha) A,   W <- W + s (B A - B~ A~)
 so the function is unchanged at the merge, while the accumulated update (everything folded into W plus
-s B~ A~) grows beyond rank r. The scales are chosen analytically so that the next first-order LoRA step,
+s B~ A~) grows beyond rank r. The scales are chosen analytically, with the gradient G = dL/dW of the
+step about to be taken, so that that step's first-order LoRA update,
     -lr s^2 (G A~^T A~ + B~ B~^T G) = -lr s^2 sum_j (alpha_j^2 g_j a_j^T + beta_j^2 b_j h_j^T),
-is the closest (Frobenius) to the full fine-tuning step -lr G, with G the loss gradient w.r.t. W,
-g_j = G a_j and h_j = G^T b_j. That is a 2r x 2r least-squares problem whose Gram entries are products
-of r-vectors' inner products, all available from the LoRA gradients already computed
-(grad_B = s G A^T, grad_A = s B^T G): O((d + k) r^2) per layer, no d x k gradient is formed. We clamp the
-solution to [min_scale^2, max_scale^2] (the paper's constraint handling may differ). AdamW's moments are
-carried over equivariantly (first moments of B's column j times alpha_j, second times alpha_j^2; A's
-row j by beta_j), so the optimizer is not restarted.
+is the closest (Frobenius) to the full fine-tuning step -lr G, with g_j = G a_j and h_j = G^T b_j. That
+is a 2r x 2r least-squares problem whose Gram entries are products of r-vectors' inner products, all
+available from the LoRA gradients already computed (grad_B = s G A^T, grad_A = s B^T G):
+O((d + k) r^2) per layer, no d x k gradient is formed. The gradients and AdamW's moments are carried
+over equivariantly (grad_B~ = grad_B diag(alpha), grad_A~ = diag(beta) grad_A; first moments scale
+like gradients, second moments by the squares), so the optimizer is not restarted and the step then
+taken is the one for the scaled factors.
 
-The folded part is kept as a dense buffer per layer (`merged`), saved with the adapter: the adapter is
-as large as the targeted weights. Limit: training checkpoints hold trainable weights only, so a run
-resumed after a crash loses the folded part (the `best/` weights are consistent when the best step
-is the last one).
+Checked against the paper's summaries only (its full text was not reachable from this machine): the
+merge rule W~ = W + A B^T - A~ B~^T, the objective (closest low-rank step to the full fine-tuning step,
+from the smoothness upper bound), column scaling and the moment transfer match. Ours: the clamp of
+the squared scales to [min_scale^2, max_scale^2] and the tiny ridge in the solve (the paper's
+constraint handling may differ); the merge happens every `merge_every` steps (1 = every step).
+
+The folded part W - W0 is kept as a float32 buffer per layer (`merged`, d x k: as large as the
+targeted weights, e.g. 14 MB for MiniLM's 24 attention projections) and the frozen W0 is never
+written: the layer computes x (W0 + merged)^T, so reloading the buffer restores the model exactly.
+`extra_state` names these buffers, so they are saved with the trainable weights in every training
+checkpoint, in best/ and in the adapter folder.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -51,15 +60,14 @@ class ScaLoraLinear(LowRankInjected):
         self.scaling = alpha / r
         self.register_buffer("merged", torch.zeros_like(base.weight, dtype=torch.float32), persistent=False)
 
-    def extra(self, x, y):
+    def forward(self, x):
+        w = self.base.weight
+        y = F.linear(x, w + self.merged.to(w.dtype), self.base.bias)
         return y + (self.drop(x) @ self.lora_A.T.to(x.dtype)) @ self.lora_B.T.to(x.dtype) * self.scaling
 
     def delta_weight(self) -> torch.Tensor:
-        return self.scaling * (self.lora_B @ self.lora_A)
-
-    def accumulated_update(self) -> torch.Tensor:
-        """Everything trained into this layer so far: folded increments + the live adapter."""
-        return self.merged + self.delta_weight().detach()
+        """Everything trained into this layer: the folded increments + the live adapter."""
+        return self.merged + self.scaling * (self.lora_B @ self.lora_A).float()
 
     @torch.no_grad()
     def merge_and_rescale(self, state: dict, min_scale: float, max_scale: float) -> None:
@@ -86,14 +94,13 @@ class ScaLoraLinear(LowRankInjected):
         w = torch.linalg.solve(gram + ridge * torch.eye(2 * r, device=a.device), rhs) / s**2
         w = w.clamp(min_scale**2, max_scale**2)
         alpha, beta = w[:r].sqrt(), w[r:].sqrt()   # A~ = diag(alpha) A, B~ = B diag(beta)
-        old = self.delta_weight()
+        live = s * (b @ a)
         A.mul_(alpha[:, None].to(A.dtype))
         B.mul_(beta[None, :].to(B.dtype))
-        fold = (old - self.delta_weight()).to(self.base.weight.dtype)
-        self.base.weight += fold
-        self.merged += fold
-        # AdamW moments, equivariantly: grad_B~ = grad_B diag(alpha), grad_A~ = diag(beta) grad_A.
+        self.merged += live - s * (B.float() @ A.float())
+        # Gradients and AdamW moments, equivariantly: grad_B~ = grad_B diag(alpha), grad_A~ = diag(beta) grad_A.
         for p, scale in ((B, alpha[None, :]), (A, beta[:, None])):
+            p.grad.mul_(scale.to(p.grad.dtype))
             st = state.get(p)
             if st:
                 if "exp_avg" in st:
@@ -111,8 +118,8 @@ class ScaLoraMethod(OwnMethod):
         c = self.cfg
         wrap_linears(model, c.target_modules, head_modules, lambda m: ScaLoraLinear(m, c.r, c.alpha, c.dropout))
 
-    def on_optimizer_step(self, model, optimizer, step, total_steps):
-        if step % self.cfg.merge_every or step >= total_steps:
+    def before_optimizer_step(self, model, optimizer, step, total_steps):
+        if step == 1 or (step - 1) % self.cfg.merge_every:
             return
         state = getattr(optimizer, "optimizer", optimizer).state
         for m in model.modules():
@@ -121,9 +128,3 @@ class ScaLoraMethod(OwnMethod):
 
     def extra_state(self, model):
         return {f"{n}.merged": m.merged for n, m in model.named_modules() if isinstance(m, ScaLoraLinear)}
-
-    def load_extra_state(self, model, tensors):
-        with torch.no_grad():
-            for m in model.modules():
-                if isinstance(m, ScaLoraLinear):
-                    m.base.weight += m.merged.to(m.base.weight.dtype)
