@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from bench.common import SEED, Timer, decoder_train_flops, emit, parser, scratch_dir, setup, versions
+from bench.common import SEED, decoder_train_flops, main, scratch_dir, step_clock, versions
 
 VALIDATION = 32
 BATCH = 8
@@ -84,7 +84,6 @@ def run_trl(size: int) -> dict:
     """Written as a user following the trl SFTTrainer + PEFT docs would."""
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     from tunelab.models.catalog import resolve_model
@@ -101,14 +100,7 @@ def run_trl(size: int) -> dict:
     peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM",
                              target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
-    class Clock(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            self.t = Timer().__enter__()
-
-        def on_train_end(self, *a, **k):
-            self.t.__exit__()
-
-    clock = Clock()
+    clock = step_clock()
     trainer = SFTTrainer(model=resolve_model(cfg.model.name), args=args, train_dataset=ds, peft_config=peft_config,
                          callbacks=[clock])
     out = trainer.train()
@@ -130,9 +122,4 @@ def record(impl, precision, model, lengths, loss_tokens, steps, seconds, val_los
 
 
 if __name__ == "__main__":
-    args = parser(__doc__.splitlines()[0], ["trl", "tunelab"]).parse_args()
-    setup()
-    with Timer() as wall:
-        rec = (run_trl if args.impl == "trl" else run_tunelab)(args.size)
-    rec["wall_seconds"] = round(wall.seconds, 2)
-    emit(rec, args.out)
+    main(__doc__, ["trl", "tunelab"], lambda impl, size: (run_trl if impl == "trl" else run_tunelab)(size))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -55,7 +57,35 @@ def emit(record: dict, out: Path | None) -> None:
 
 
 def scratch_dir() -> str:
-    return tempfile.mkdtemp(prefix="tunelab-bench-")
+    """A temp folder for run outputs and checkpoints, removed when the process exits."""
+    path = tempfile.mkdtemp(prefix="tunelab-bench-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def main(doc: str, impls: list[str], run) -> None:
+    """Command line of a workload script: run one configuration, time the whole process, emit the record."""
+    args = parser(doc.splitlines()[0], impls).parse_args()
+    setup()
+    with Timer() as wall:
+        rec = run(args.impl, args.size)
+    rec["wall_seconds"] = round(wall.seconds, 2)
+    emit(rec, args.out)
+
+
+def step_clock():
+    """A Trainer callback timing the training steps only (on_train_begin to on_train_end), like
+    tunelab's summed step times; read `.t.seconds` after training."""
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            self.t = Timer().__enter__()
+
+        def on_train_end(self, *a, **k):
+            self.t.__exit__()
+
+    return Clock()
 
 
 class Timer:

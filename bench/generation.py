@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.common import Timer, emit, parser, setup, versions
+from bench.common import Timer, main, versions
 
 
 def prompts_and_model(size: int):
@@ -68,9 +68,4 @@ def run(impl: str, size: int) -> dict:
 
 
 if __name__ == "__main__":
-    args = parser(__doc__.splitlines()[0], ["loop", "tunelab"]).parse_args()
-    setup()
-    with Timer() as wall:
-        rec = run(args.impl, args.size)
-    rec["wall_seconds"] = round(wall.seconds, 2)
-    emit(rec, args.out)
+    main(__doc__, ["loop", "tunelab"], run)

@@ -40,10 +40,10 @@ def child(module: str, *args: str) -> dict:
     raise RuntimeError(f"{module} {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
 
 
-def run_workload(name: str, repeats: int, quick: bool, only_size: int | None, previous: dict | None) -> dict:
+def run_workload(name: str, repeats: int, quick: bool, only_sizes: list[int] | None, previous: dict | None) -> dict:
     module, baseline, sizes, quick_sizes = WORKLOADS[name]
-    sizes = [only_size] if only_size else quick_sizes if quick else sizes
-    # --size reruns one size and keeps the other sizes' records (and GEMM peaks) of the previous result.
+    sizes = only_sizes or (quick_sizes if quick else sizes)
+    # --size reruns some sizes and keeps the other sizes' records (and GEMM peaks) of the previous result.
     records = [r for r in (previous or {}).get("records", []) if r["size"] not in sizes]
     gemm = [*(previous or {}).get("gemm", []), child("bench.gemm")] if records else [child("bench.gemm")]
     for rep in range(repeats):
@@ -71,7 +71,8 @@ def main() -> None:
     p.add_argument("--workload", choices=list(WORKLOADS), action="append", help="default: all")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat, results not written over")
-    p.add_argument("--size", type=int, help="run this one data size only, merged into the existing results")
+    p.add_argument("--size", type=int, action="append", help="run only this data size (repeatable), merged into "
+                   "the existing results: splits a long workload into chunks")
     args = p.parse_args()
     out_dir = RESULTS / "quick" if args.quick else RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from bench.common import SEED, Timer, emit, encoder_train_flops, parser, scratch_dir, setup, versions
+from bench.common import SEED, encoder_train_flops, main, scratch_dir, step_clock, versions
 
 VALIDATION = 500
 BATCH = 32
@@ -69,7 +69,7 @@ def run_hf(size: int) -> dict:
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainerCallback, TrainingArguments)
+                              TrainingArguments)
 
     from tunelab.data import load_splits
     from tunelab.models.catalog import resolve_model
@@ -96,14 +96,7 @@ def run_hf(size: int) -> dict:
         seed=SEED, eval_strategy="no", save_strategy="no", report_to="none", logging_steps=10**6,
         disable_tqdm=True, use_cpu=True)
 
-    class Clock(TrainerCallback):  # time the training steps only, like tunelab's train_seconds
-        def on_train_begin(self, *a, **k):
-            self.t = Timer().__enter__()
-
-        def on_train_end(self, *a, **k):
-            self.t.__exit__()
-
-    clock = Clock()
+    clock = step_clock()
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=DataCollatorWithPadding(tok),
                       callbacks=[clock])
     out = trainer.train()
@@ -126,9 +119,4 @@ def record(impl, precision, model, lengths, steps, seconds, metrics, splits) -> 
 
 
 if __name__ == "__main__":
-    args = parser(__doc__.splitlines()[0], ["hf", "tunelab"]).parse_args()
-    setup()
-    with Timer() as wall:
-        rec = (run_hf if args.impl == "hf" else run_tunelab)(args.size)
-    rec["wall_seconds"] = round(wall.seconds, 2)
-    emit(rec, args.out)
+    main(__doc__, ["hf", "tunelab"], lambda impl, size: (run_hf if impl == "hf" else run_tunelab)(size))
