@@ -17,7 +17,7 @@ COLUMNS = [  # (record key, header, format, scale)
     ("mfu", "MFU (%)", "{:.1f}", 100),
     ("val_macro_f1", "val macro-F1", "{:.2f}", 1),
     ("val_accuracy", "val accuracy", "{:.2f}", 1),
-    ("val_loss", "val loss (replies)", "{:.4f}", 1),
+    ("val_loss", "val loss", "{:.4f}", 1),
     ("rougeL", "ROUGE-L", "{:.2f}", 1),
 ]
 TARGET = {"sentiment": ("examples_per_s", 2.0), "chat": ("tokens_per_s", 2.0), "generation": ("tokens_per_s", 3.0)}
