@@ -178,6 +178,26 @@ def test_lm_head_on_reply_positions_only_gives_the_full_logits_loss_and_gradient
     assert val == pytest.approx(nll / count, rel=1e-5)
 
 
+def test_prompt_learning_and_adalora_keep_the_full_logits_path(tiny_llama, smol_tok):
+    """Prefix tuning prepends virtual tokens (a position mask would not line up) and AdaLoRA adds its
+    penalty only to the model's own loss: the task loss must still run and equal the model's loss."""
+    from peft import AdaLoraConfig, PrefixTuningConfig, get_peft_model
+
+    from tunelab.tasks.generative import keeps_logits
+
+    cfg = load_config(None, ["task.type=chat", "model.max_length=256"])
+    task = get_task("chat")
+    batch = task.collate(smol_tok, task.encode(smol_tok, [CONV[:2], CONV], cfg), [0, 1])
+    for peft_cfg in (PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"),
+                     AdaLoraConfig(r=4, target_modules=["q_proj"], total_step=10, task_type="CAUSAL_LM")):
+        model = get_peft_model(LlamaForCausalLM.from_pretrained(tiny_llama), peft_cfg)
+        assert not keeps_logits(model)
+        torch.manual_seed(0)
+        ours = task.loss(model, batch)
+        torch.manual_seed(0)
+        assert float(ours.detach()) == pytest.approx(float(model(**batch, use_cache=False).loss.detach()), rel=1e-5)
+
+
 def test_generation_stops_at_eos(tiny_llama, smol_tok):
     model = LlamaForCausalLM.from_pretrained(tiny_llama).eval()
     prompt = Renderer(smol_tok, False).render(CONV[:1], add_generation_prompt=True)

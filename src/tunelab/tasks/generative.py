@@ -205,9 +205,10 @@ class GenerativeTask:
 def keeps_logits(model) -> bool:
     """True when the model can compute its LM head on chosen positions only (transformers'
     `logits_to_keep`). Prompt-learning adapters (prefix, prompt, P-tuning) prepend virtual tokens, so
-    a position mask of the input's shape would not line up: they take the full-logits path."""
+    a position mask of the input's shape would not line up; AdaLoRA adds its orthogonality penalty
+    only to a loss the model computes itself: both take the full-logits path."""
     peft_cfg = getattr(model, "active_peft_config", None)
-    if peft_cfg is not None and peft_cfg.is_prompt_learning:
+    if peft_cfg is not None and (peft_cfg.is_prompt_learning or peft_cfg.peft_type == "ADALORA"):
         return False
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters
