@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements-assets.txt constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: run test install clean
+.PHONY: run test install clean bench bench-quick
 
 $(STAMP): pyproject.toml requirements-assets.txt constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,13 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Benchmarks vs the Hugging Face baselines (never part of `make test`): results in bench/results/.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench.run --quick
 
 clean:
 	rm -rf $(VENV) runs

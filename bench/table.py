@@ -1,0 +1,84 @@
+"""bench/results/README.md from the workload JSON files: per size and side, median and min-max of each
+measure, the tunelab/baseline ratios, and the issue's done-when checks."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+COLUMNS = [  # (record key, header, format, scale)
+    ("examples_per_s", "examples/s", "{:.2f}", 1),
+    ("tokens_per_s", "real tokens/s", "{:.0f}", 1),
+    ("train_seconds", "time (s)", "{:.1f}", 1),
+    ("wall_seconds", "wall incl. load (s)", "{:.1f}", 1),
+    ("peak_rss_mb", "peak RSS (MB)", "{:.0f}", 1),
+    ("flops_per_s", "model GFLOP/s", "{:.0f}", 1e-9),
+    ("mfu", "MFU (%)", "{:.1f}", 100),
+    ("val_macro_f1", "val macro-F1", "{:.2f}", 1),
+    ("val_accuracy", "val accuracy", "{:.2f}", 1),
+    ("val_loss", "val loss", "{:.4f}", 1),
+    ("rougeL", "ROUGE-L", "{:.2f}", 1),
+]
+TARGET = {"sentiment": ("examples_per_s", 2.0), "chat": ("tokens_per_s", 2.0), "generation": ("tokens_per_s", 3.0)}
+
+
+def med(records, key):
+    vals = [r[key] for r in records if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def cell(records, key, fmt, scale) -> str:
+    vals = [r[key] * scale for r in records if r.get(key) is not None]
+    if not vals:
+        return ""
+    m = fmt.format(statistics.median(vals))
+    return m if len(vals) == 1 else f"{m} ({fmt.format(min(vals))}-{fmt.format(max(vals))})"
+
+
+def workload_section(res: dict) -> list[str]:
+    name, base, recs = res["workload"], res["baseline"], res["records"]
+    sizes = sorted({r["size"] for r in recs})
+    cols = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in recs)]
+    lines = [f"## {name} (baseline: {base}; {res['repeats']} repeats, interleaved; {res['date']})", "",
+             "| size | side | precision | steps | " + " | ".join(c[1] for c in cols) + " |",
+             "|---|---|---|---|" + "---|" * len(cols)]
+    for size in sizes:
+        for impl in (base, "tunelab"):
+            rs = [r for r in recs if r["size"] == size and r["impl"] == impl]
+            if rs:
+                lines.append(f"| {size} | {impl} | {rs[0]['precision']} | {rs[0].get('steps', '')} | "
+                             + " | ".join(cell(rs, *c[:1], c[2], c[3]) for c in cols) + " |")
+    key, target = TARGET[name]
+    lines += ["", f"Ratios of medians, tunelab / {base}:", "",
+              "| size | " + key + " | peak RSS | time per epoch, tunelab (s) |", "|---|---|---|---|"]
+    for size in sizes:
+        t = [r for r in recs if r["size"] == size and r["impl"] == "tunelab"]
+        b = [r for r in recs if r["size"] == size and r["impl"] == base]
+        if t and b:
+            lines.append(f"| {size} | {med(t, key) / med(b, key):.2f}x (target >= {target}x) | "
+                         f"{med(t, 'peak_rss_mb') / med(b, 'peak_rss_mb'):.2f} | {med(t, 'train_seconds'):.1f} |")
+    if len(sizes) > 1:
+        t = {s: med([r for r in recs if r["size"] == s and r["impl"] == "tunelab"], "train_seconds") for s in sizes}
+        growth = ", ".join(f"{sizes[i]}->{sizes[i + 1]}: x{t[sizes[i + 1]] / t[sizes[i]]:.2f} time for "
+                           f"x{sizes[i + 1] / sizes[i]:.2f} data" for i in range(len(sizes) - 1))
+        lines += ["", f"tunelab time growth with data size: {growth}."]
+    return lines + [""]
+
+
+def write_readme(out_dir: Path) -> None:
+    results = [json.loads(p.read_text()) for p in sorted(out_dir.glob("*.json"))]
+    lines = ["# tunelab benchmark results", "",
+             "Written by `make bench` (`python -m bench.run`); see bench/README.md for the method and the FLOP "
+             "formula. Each cell: median (min-max) over the repeats; one fresh process per run.", ""]
+    for res in results:
+        g = res["gemm_peak_gflops"]
+        med_peak = "".join(f", median of timed repeats {p} {max(x[p + '_median'] for x in res['gemm']):.0f}"
+                           for p in ("fp32", "bf16") if all(p + "_median" in x for x in res["gemm"]))
+        lines.append(f"GEMM peak measured in the {res['workload']} run (best of 10, 2048x2048, 2 threads): fp32 "
+                     f"{g['fp32']:.0f} GFLOP/s, bf16 {g['bf16']:.0f} GFLOP/s{med_peak}. MFU uses the best. Versions: "
+                     + ", ".join(f"{k} {v}" for k, v in res["records"][0]["versions"].items()) + ".")
+    lines.append("")
+    for res in results:
+        lines += workload_section(res)
+    (out_dir / "README.md").write_text("\n".join(lines))
