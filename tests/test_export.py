@@ -7,6 +7,7 @@ that cannot merge and bad flags give one clear error line."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -153,7 +154,7 @@ def test_existing_folders_are_never_replaced_without_overwrite(tiny_run, tmp_pat
     (["--merge", "--onnx", "--dtype", "bf16"], "--onnx exports the fp32 graph"),
 ])
 def test_bad_flags_give_one_error_line(tiny_run, flags, message):
-    with pytest.raises(TunelabError, match=message.replace("-", r"\-")):
+    with pytest.raises(TunelabError, match=re.escape(message)):
         export_run(str(tiny_run), merge="--merge" in flags,
                    dtype=flags[flags.index("--dtype") + 1] if "--dtype" in flags else "fp32",
                    quantize=flags[flags.index("--quantize") + 1] if "--quantize" in flags else "none",

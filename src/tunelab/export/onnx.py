@@ -52,7 +52,7 @@ def export_onnx(model: nn.Module, tokenizer, texts: list[str], out_dir: Path) ->
     if diff > TOLERANCE:
         raise TunelabError(f"the ONNX graph's logits differ from PyTorch's by {diff:.2e} (> {TOLERANCE}); "
                            "the export is not written")
-    return {"file": FILE, "max_abs_diff": diff, "tolerance": TOLERANCE, "opset": program.model.opset_imports.get("", None)}
+    return {"file": FILE, "max_abs_diff": diff, "tolerance": TOLERANCE, "opset": getattr(program.model, "opset_imports", {}).get("")}
 
 
 def onnx_vs_torch(session, wrapped: nn.Module, tokenizer, texts: list[str]) -> float:
