@@ -5,7 +5,8 @@ packed C++ objects that safetensors cannot hold (only pickle could), and transfo
 for them. So the folder stores ordinary safetensors weights (in --dtype) that any transformers loads,
 `tunelab_export.json` records the transform, and `load_export` applies it
 (`torch.ao.quantization.quantize_dynamic` on every nn.Linear, int8 weights, activations quantized per
-batch at run time; CPU only). NF4 is stored quantized: transformers saves and reloads bitsandbytes
+batch at run time; CPU only; torch 2.13 marks this API deprecated in favour of
+torchao, so it may need porting with a later torch). NF4 is stored quantized: transformers saves and reloads bitsandbytes
 4-bit weights in safetensors with the quantization config in config.json."""
 
 from __future__ import annotations
@@ -29,9 +30,15 @@ AUTO_CLASSES = {"classification": "AutoModelForSequenceClassification", "causal"
 def int8_dynamic(model: nn.Module) -> nn.Module:
     """Every nn.Linear -> a dynamically quantized int8 Linear (weights int8 per tensor, activations
     quantized on the fly). Needs fp32 weights."""
+    import warnings
+
     from torch.ao.quantization import quantize_dynamic
 
-    return quantize_dynamic(model.float(), {nn.Linear}, dtype=torch.qint8)
+    # torch 2.13 flags its quantized tensor types as deprecated (moving to torchao, not installed here);
+    # they work, and the notice says nothing a user of this export can act on.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+        return quantize_dynamic(model.float(), {nn.Linear}, dtype=torch.qint8)
 
 
 def state_mb(model: nn.Module) -> float:
