@@ -5,9 +5,9 @@ packed C++ objects that safetensors cannot hold (only pickle could), and transfo
 for them. So the folder stores ordinary safetensors weights (in --dtype) that any transformers loads,
 `tunelab_export.json` records the transform, and `load_export` applies it
 (`torch.ao.quantization.quantize_dynamic` on every nn.Linear, int8 weights, activations quantized per
-batch at run time; CPU only; torch 2.13 marks this API deprecated in favour of
-torchao, so it may need porting with a later torch). NF4 is stored quantized: transformers saves and reloads bitsandbytes
-4-bit weights in safetensors with the quantization config in config.json."""
+batch at run time; CPU only; torch 2.13 marks this API deprecated in favour of torchao, so a
+later torch may need a port). NF4 is stored quantized: transformers saves and reloads
+bitsandbytes 4-bit weights in safetensors with the quantization config in config.json."""
 
 from __future__ import annotations
 
