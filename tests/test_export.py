@@ -7,6 +7,7 @@ that cannot merge and bad flags give one clear error line."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -70,6 +71,9 @@ def test_merged_export_is_a_plain_transformers_folder_with_the_runs_outputs(tiny
     assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "tunelab_export.json"} <= files
     assert not any(f.endswith((".bin", ".pt", ".pth")) for f in files)  # safetensors only
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp folder left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all(f.stat().st_mode & 0o777 == 0o666 & ~umask for f in out.iterdir())  # not owner-only like a temp file
     got = plain_load(out, "AutoModelForSequenceClassification")
     assert torch.allclose(torch.tensor(got["out"]), unmerged, atol=1e-4)
     assert got["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}

@@ -39,6 +39,7 @@ def staging(out: Path, overwrite: bool):
     try:
         yield tmp
         check_target(out, overwrite)  # the target may have appeared while we worked
+        readable(tmp)
         old = None
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -49,6 +50,16 @@ def staging(out: Path, overwrite: bool):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def readable(folder: Path) -> None:
+    """mkdtemp/mkstemp create owner-only (0700/0600) entries; give the export the usual umask-based
+    permissions so e.g. a server running as another user can read it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for f in folder.rglob("*"):
+        f.chmod((0o777 if f.is_dir() else 0o666) & ~umask)
 
 
 def folder_mb(path: Path, pattern: str = "*") -> float:
