@@ -142,6 +142,22 @@ def chat(
 
 
 @app.command()
+def export(
+    run: Annotated[str, typer.Argument(help="finished run folder")],
+    merge: Annotated[bool, typer.Option("--merge", help="merge the adapter into the base weights (required)")] = False,
+    dtype: Annotated[str, typer.Option(help="weights: fp32, bf16 or fp16")] = "fp32",
+    quantize: Annotated[str, typer.Option(help="none, int8-dynamic (CPU, applied at load) or nf4 (bitsandbytes 4-bit)")] = "none",
+    onnx: Annotated[bool, typer.Option("--onnx", help="also write model.onnx (classification), checked with onnxruntime")] = False,
+    out: Annotated[Optional[str], typer.Option(help="export folder (default: RUN/export-DTYPE[-QUANT][-onnx])")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing export folder")] = False,
+):
+    """Export a finished run as a standalone model folder plain transformers loads (merged, cast, quantized, ONNX)."""
+    from tunelab.workflows.export import export_run
+
+    export_run(run, merge=merge, dtype=dtype, quantize=quantize, onnx=onnx, out=out, overwrite=overwrite)
+
+
+@app.command()
 def recipes():
     """List the packaged recipes."""
     from tunelab.recipes import describe, recipe_names
