@@ -63,14 +63,15 @@ def generate(entry: Served, prompts: list[str], sampling: Sampling) -> list[Gene
 
 
 def finish(entry: Served, prompt: str, text: str, sampling: Sampling) -> Generated:
-    """Cut at a stop string and count tokens (OpenAI `usage`)."""
+    """Cut at a stop string and count tokens (OpenAI `usage`). The reply is re-tokenized (generate_texts
+    returns text), which can differ by a token from what was generated; capped at max_tokens."""
     tok, seq2seq = entry.lr.tokenizer, entry.lr.task.seq2seq
-    produced = count_tokens(tok, text)
+    produced = min(count_tokens(tok, text), sampling.max_new_tokens)
     reason = "length" if produced >= sampling.max_new_tokens else "stop"
     cut = cut_at_stop(text, sampling.stop)
     if cut is not None:
-        text, reason = cut, "stop"
-    return Generated(text, len(tok(prompt, add_special_tokens=seq2seq)["input_ids"]), count_tokens(tok, text), reason)
+        text, reason, produced = cut, "stop", min(count_tokens(tok, cut), produced)
+    return Generated(text, len(tok(prompt, add_special_tokens=seq2seq)["input_ids"]), produced, reason)
 
 
 def count_tokens(tok, text: str) -> int:
