@@ -86,12 +86,16 @@ class Registry:
         if name in self.served:
             raise ApiError(409, f"model '{name}' is already served; remove it first (DELETE /admin/adapters/{name})")
         folder = Path(path)
-        if (folder / "config.yaml").is_file():
+        try:
+            run, hf = (folder / "config.yaml").is_file(), (folder / "config.json").is_file()
+        except (OSError, ValueError):  # unreadable, or not a path at all (a NUL byte)
+            run = hf = False
+        if run:
             entry = self._add_run(name, folder)
-        elif (folder / "config.json").is_file():
+        elif hf:
             entry = self._add_hf_folder(name, folder)
         else:
-            raise ApiError(400, f"'{path}' is neither a tunelab run folder (config.yaml) nor a HF model folder (config.json)")
+            raise ApiError(400, f"'{path[:300]}' is neither a tunelab run folder (config.yaml) nor a HF model folder (config.json)")
         entry.group.names.add(name)
         self.served[name] = entry
         return entry
