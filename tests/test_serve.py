@@ -43,7 +43,7 @@ def server(tiny_run, second_run, tiny_llama, tmp_path_factory):
     port = free_port()
     log = open(tmp_path_factory.mktemp("logs") / "server.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "tunelab", "serve", f"cls-a={tiny_run}", f"cls-b={second_run}",
-                             f"llama={tiny_llama}", "--port", str(port), "--api-key", KEY, "--batch-window-ms", "20"],
+                             f"llama={tiny_llama}", "--port", str(port), "--api-key", KEY, "--batch-window-ms", "20", "--max-tokens", "32"],
                             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
@@ -161,6 +161,7 @@ def test_auth_required_on_api_but_not_on_health(server):
     ("/v1/chat/completions", {"model": "llama", "messages": [{"role": "robot", "content": "x"}]}, "role"),
     ("/v1/completions", {"model": "llama", "prompt": "x", "n": 2}, "n"),
     ("/v1/completions", {"model": "llama", "prompt": ["x"] * 65}, "prompt"),
+    ("/v1/completions", {"model": "llama", "prompt": "x", "max_tokens": 33}, "max_tokens"),  # the server's --max-tokens
 ])
 def test_request_limits_give_4xx_naming_the_field(server, path, body, field):
     r = post(server, path, body)
@@ -226,3 +227,9 @@ def test_schemathesis_finds_no_server_errors(server):
 
             check()
     assert set(requests.get(f"{server}/health").json()["models"]) >= {"cls-a", "cls-b", "llama"}
+
+
+def test_vllm_backend_without_vllm_is_one_clear_error(tiny_run):
+    proc = run_cli("serve", str(tiny_run), "--backend", "vllm")
+    assert proc.returncode == 2
+    assert "error:" in proc.stdout and "pip install vllm" in proc.stdout and "Traceback" not in proc.stderr

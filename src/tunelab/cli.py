@@ -153,6 +153,7 @@ def serve(
     batch_window_ms: Annotated[float, typer.Option(help="how long a batch waits for more concurrent requests")] = 5.0,
     max_batch: Annotated[int, typer.Option(help="most texts/prompts per model call")] = 32,
     no_batching: Annotated[bool, typer.Option(help="one model call per request (same as --max-batch 1)")] = False,
+    max_tokens: Annotated[int, typer.Option(help="largest max_tokens a request may ask for (at most 1024)")] = 1024,
     access_log: Annotated[bool, typer.Option(help="log every request")] = False,
 ):
     """Serve runs over HTTP: /v1/classify, /v1/generate, OpenAI-compatible /v1/chat/completions and /v1/completions."""
@@ -160,7 +161,8 @@ def serve(
 
     if max_batch < 1 or batch_window_ms < 0:
         raise TunelabError("--max-batch must be >= 1 and --batch-window-ms >= 0")
-    run_serve(targets, host, port, api_key, backend, batch_window_ms, 1 if no_batching else max_batch, access_log)
+    run_serve(targets, host, port, api_key, backend, batch_window_ms, 1 if no_batching else max_batch, max_tokens,
+              access_log)
 
 
 @app.command()

@@ -7,12 +7,17 @@ from tunelab.errors import TunelabError
 
 
 def serve(targets: list[str], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          backend: str = "torch", batch_window_ms: float = 5.0, max_batch: int = 32, access_log: bool = False) -> None:
+          backend: str = "torch", batch_window_ms: float = 5.0, max_batch: int = 32, max_tokens: int = 1024,
+          access_log: bool = False) -> None:
     if backend == "vllm":
         from tunelab.serve.vllm import serve_vllm
 
         serve_vllm(targets, host, port, api_key)
         return
+    from tunelab.serve.schemas import MAX_TOKENS
+
+    if not 1 <= max_tokens <= MAX_TOKENS:
+        raise TunelabError(f"--max-tokens must be between 1 and {MAX_TOKENS}")
     if backend != "torch":
         raise TunelabError(f"--backend must be torch or vllm, not '{backend}'")
     import uvicorn
@@ -33,5 +38,5 @@ def serve(targets: list[str], host: str = "127.0.0.1", port: int = 8000, api_key
     console.print(f"Listening on http://{host}:{port} (docs /docs, OpenAPI /openapi.json; batching {batching}"
                   f"{'; API key required' if api_key else ''})")
     console.quiet = True  # per-request progress bars of predict/generate would flood the log
-    app = create_app(registry, Settings(api_key, batch_window_ms, max_batch))
+    app = create_app(registry, Settings(api_key, batch_window_ms, max_batch, max_tokens))
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)

@@ -37,6 +37,7 @@ class Settings:
     api_key: str | None = None
     batch_window_ms: float = 5.0
     max_batch: int = 32  # texts per classification call, prompts per generation call; 1 = no batching
+    max_tokens: int = MAX_TOKENS  # this server's cap on a request's max_tokens
 
 
 def create_app(registry: Registry, settings: Settings) -> FastAPI:
@@ -121,7 +122,7 @@ def create_app(registry: Registry, settings: Settings) -> FastAPI:
         entry = registry.get(req.model, "generation")
         from tunelab.workflows.evaluate import task_prompts
 
-        outs = await generate_all(entry, task_prompts(entry.lr, req.inputs), sampling(entry, req))
+        outs = await generate_all(entry, task_prompts(entry.lr, req.inputs), sampling(entry, req, settings.max_tokens))
         return GenerateResponse(model=req.model, outputs=[o.text for o in outs])
 
     async def generate_all(entry: Served, prompts: list[str], params: engine.Sampling) -> list[engine.Generated]:
@@ -138,7 +139,7 @@ def create_app(registry: Registry, settings: Settings) -> FastAPI:
         if messages[0]["role"] != "system" and entry.lr.cfg.task.system_prompt:
             messages.insert(0, {"role": "system", "content": entry.lr.cfg.task.system_prompt})
         prompt = Renderer(entry.lr.tokenizer, entry.lr.task.seq2seq).render(messages, add_generation_prompt=True)
-        params = sampling(entry, req, req.max_completion_tokens)
+        params = sampling(entry, req, settings.max_tokens, req.max_completion_tokens)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": rid, "created": created, "model": req.model}
         if req.stream:
@@ -162,7 +163,7 @@ def create_app(registry: Registry, settings: Settings) -> FastAPI:
     async def completions(req: CompletionRequest):
         entry = registry.get(req.model, "generation")
         prompts = req.prompts()
-        params = sampling(entry, req)
+        params = sampling(entry, req, settings.max_tokens)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()), "model": req.model}
         if req.stream:
             if len(prompts) > 1:
@@ -220,10 +221,15 @@ def create_app(registry: Registry, settings: Settings) -> FastAPI:
     return app
 
 
-def sampling(entry: Served, req: SamplingParams, max_tokens: int | None = None) -> engine.Sampling:
+def sampling(entry: Served, req: SamplingParams, cap: int, max_tokens: int | None = None) -> engine.Sampling:
     """The request's settings over the run's `generate` defaults. temperature 0 means greedy."""
     gen = entry.lr.cfg.generate
-    new = min(req.max_tokens or max_tokens or gen.max_new_tokens, MAX_TOKENS)
+    asked = req.max_tokens or max_tokens
+    if asked and asked > cap:
+        raise ApiError(422, f"max_tokens: {asked} is over this server's limit of {cap}")
+    config = entry.lr.model.config
+    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 10**9
+    new = min(asked or gen.max_new_tokens, cap, max(1, context - 8))  # never past the model's positions
     stop = tuple([req.stop] if isinstance(req.stop, str) else req.stop or ())
     if req.temperature == 0 or (req.temperature is None and not gen.do_sample):
         return engine.Sampling(new, False, None, None, stop)
