@@ -93,14 +93,13 @@ def scenario(name: str, target: str, path: str, bodies: list[dict], warmup: list
     proc, url = start_server([target], batching)
     try:
         asyncio.run(load(url, path, warmup, concurrency))
-        before = batch_stats(url, "classify" if "classify" in path else "generate")
+        kind = "classify" if path.endswith("classify") else "generate"
+        before = batch_stats(url, kind)
         result = asyncio.run(load(url, path, bodies, concurrency))
-        after = batch_stats(url, "classify" if "classify" in path else "generate")
+        after = batch_stats(url, kind)
         calls = after["model_calls"] - before["model_calls"]
         result["model_calls"] = calls
-        result["mean_batch"] = round(len(bodies) / max(calls, 1), 2) if path.endswith("classify") else None
-        if not path.endswith("classify"):
-            result["mean_batch"] = round(len(bodies) / max(calls, 1), 2)
+        result["mean_batch"] = round(len(bodies) / max(calls, 1), 2)
         result.update(scenario=name, server_flags=" ".join(batching) or "(defaults)")
         print(json.dumps(result), flush=True)
         return result
