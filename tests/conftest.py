@@ -57,3 +57,28 @@ def tiny_run(tmp_path_factory) -> Path:
 
 def read_summary(run: Path) -> dict:
     return json.loads((run / "summary.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def smol_tok():
+    from transformers import AutoTokenizer
+
+    from tunelab.models.catalog import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, smol_tok):
+    """A 2-layer Llama built in code (random weights) with SmolLM2's real tokenizer and chat template."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(smol_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      eos_token_id=smol_tok.eos_token_id, pad_token_id=smol_tok.pad_token_id)
+    path = tmp_path_factory.mktemp("models") / "tiny-llama"
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    smol_tok.save_pretrained(path)
+    return path

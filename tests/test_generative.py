@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from transformers import (AutoTokenizer, LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration)
+from transformers import AutoTokenizer, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
 from conftest import read_summary, run_cli
 from tunelab.config import load_config
@@ -20,23 +20,6 @@ from tunelab.tasks.prompts import PLAIN_USER, Renderer, row_to_conversation
 
 CONV = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello! How can I help?"},
         {"role": "user", "content": "Tell me a joke"}, {"role": "assistant", "content": "Why did the chicken cross?"}]
-
-
-@pytest.fixture(scope="session")
-def smol_tok():
-    return AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
-
-
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory, smol_tok):
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(smol_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      eos_token_id=smol_tok.eos_token_id, pad_token_id=smol_tok.pad_token_id)
-    path = tmp_path_factory.mktemp("models") / "tiny-llama"
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    smol_tok.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -158,6 +158,30 @@ def export(
 
 
 @app.command()
+def serve(
+    targets: Annotated[list[str], typer.Argument(help="run folders or HF model folders, each as PATH or NAME=PATH; runs "
+                                                      "with LoRA-family adapters on the same base share one base in memory")],
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option(help="require 'Authorization: Bearer KEY' on /v1 and /admin",
+                                                   envvar="TUNELAB_API_KEY")] = None,
+    backend: Annotated[str, typer.Option(help="torch (built in) or vllm (GPU, needs `pip install vllm`)")] = "torch",
+    batch_window_ms: Annotated[float, typer.Option(help="how long a batch waits for more concurrent requests")] = 5.0,
+    max_batch: Annotated[int, typer.Option(help="most texts/prompts per model call")] = 32,
+    no_batching: Annotated[bool, typer.Option(help="one model call per request (same as --max-batch 1)")] = False,
+    max_tokens: Annotated[int, typer.Option(help="largest max_tokens a request may ask for (at most 1024)")] = 1024,
+    access_log: Annotated[bool, typer.Option(help="log every request")] = False,
+):
+    """Serve runs over HTTP: /v1/classify, /v1/generate, OpenAI-compatible /v1/chat/completions and /v1/completions."""
+    from tunelab.serve import serve as run_serve
+
+    if max_batch < 1 or batch_window_ms < 0:
+        raise TunelabError("--max-batch must be >= 1 and --batch-window-ms >= 0")
+    run_serve(targets, host, port, api_key, backend, batch_window_ms, 1 if no_batching else max_batch, max_tokens,
+              access_log)
+
+
+@app.command()
 def recipes():
     """List the packaged recipes."""
     from tunelab.recipes import describe, recipe_names

@@ -67,6 +67,13 @@ def _evaluate_generative(lr: LoadedRun, split: str, data_file: str | None) -> di
 def generate_for_texts(lr: LoadedRun, texts: list[str]) -> list[str]:
     """Generative runs: each text fills the task's prompt (source / question) and gets a reply."""
     from tunelab.tasks.generation import generate_texts
+
+    return generate_texts(lr.model, lr.tokenizer, task_prompts(lr, texts), lr.cfg.generate, seq2seq=lr.task.seq2seq,
+                          precision=lr.precision, max_length=lr.cfg.model.max_length)
+
+
+def task_prompts(lr: LoadedRun, texts: list[str]) -> list[str]:
+    """The model text for each input: the run's task prompt (and system prompt) rendered for its model."""
     from tunelab.tasks.prompts import Renderer, row_to_conversation
 
     renderer = Renderer(lr.tokenizer, lr.task.seq2seq)
@@ -76,8 +83,7 @@ def generate_for_texts(lr: LoadedRun, texts: list[str]) -> list[str]:
                                                                                   {"role": "assistant", "content": ""}]}
         conv = row_to_conversation(row, lr.cfg.task, lr.cfg.task.system_prompt)
         prompts.append(renderer.render(conv[:-1], add_generation_prompt=True))
-    return generate_texts(lr.model, lr.tokenizer, prompts, lr.cfg.generate, seq2seq=lr.task.seq2seq,
-                          precision=lr.precision, max_length=lr.cfg.model.max_length)
+    return prompts
 
 
 def predict_texts(lr: LoadedRun, texts: list[str]) -> list[dict]:
