@@ -3,7 +3,7 @@ prompts (greedy, the summarize-aclsum-smollm2 recipe's settings: 80 new tokens, 
 
   --impl loop      a plain per-example `model.generate` loop (fp32, one prompt at a time)
   --impl tunelab   tunelab's tasks/generation.py (length-sorted batches of 8, left padding, KV cache,
-                   bf16 autocast)
+                   weights held in bf16 while generating, models/cpu_kernels.py decode attention)
 
 Tokens/s counts the generated tokens (re-tokenized outputs, both sides counted the same way).
 """
@@ -15,13 +15,13 @@ import torch
 from bench.common import Timer, main, versions
 
 
-def prompts_and_model(size: int):
+def prompts_and_model(size: int, cpu_kernels: bool = True):
     from tunelab.config.load import load_config
     from tunelab.data.generative import load_generative_splits
     from tunelab.tasks import get_task
     from tunelab.tasks.prompts import Renderer
 
-    cfg = load_config("summarize-aclsum-smollm2")
+    cfg = load_config("summarize-aclsum-smollm2", {"model": {"cpu_kernels": cpu_kernels}})
     splits = load_generative_splits(cfg.data, cfg.task.type)
     task = get_task(cfg.task.type)
     convs = task.conversations(splits.test, cfg)[:size]
@@ -36,7 +36,8 @@ def run(impl: str, size: int) -> dict:
     from tunelab.tasks.generation import generate_texts, generation_kwargs
     from tunelab.train.precision import resolve_precision
 
-    cfg, tok, model, prompts, refs = prompts_and_model(size)
+    # The loop is what a user writes with plain transformers: stock attention and ops.
+    cfg, tok, model, prompts, refs = prompts_and_model(size, cpu_kernels=impl == "tunelab")
     model.eval()
     gen = cfg.generate
     budget = cfg.model.max_length - gen.max_new_tokens

@@ -22,6 +22,8 @@ class ModelConfig(Section):
     max_target_length: int = Field(128, ge=1, le=32768, description="encoder-decoder targets: truncate to this many tokens")
     trust_remote_code: bool = False
     revision: str | None = None
+    cpu_kernels: bool = Field(True, description="on CPU: faster dropout and decode/dropout attention, same maths "
+                              "(models/cpu_kernels.py); false keeps the stock torch ops")
 
 
 class SplitConfig(Section):
@@ -109,6 +111,10 @@ class TrainConfig(Section):
     )
     group_by_length: bool = True
     packing: bool = Field(False, description="decoder-only: pack short examples into full rows (no padding)")
+    compile: bool = Field(False, description="torch.compile the model's forward (measured slower on the 2-core CPU "
+                          "here: see bench/README.md; may pay on GPUs and long runs)")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: less memory for long sequences, ~30% more compute")
     eval_every_steps: int | None = Field(None, ge=1, description="default: once per epoch")
     save_every_steps: int | None = Field(None, ge=1, description="default: once per epoch")
     keep_checkpoints: int = Field(2, ge=1)

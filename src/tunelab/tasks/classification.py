@@ -13,6 +13,7 @@ from tunelab.config.schema import ModelConfig
 from tunelab.console import task_bar
 from tunelab.metrics.classification import classification_metrics
 from tunelab.models.catalog import hf_source, load_error
+from tunelab.models.cpu_kernels import use_cpu_kernels
 from tunelab.tasks.batching import length_grouped_batches
 from tunelab.train.precision import autocast
 
@@ -65,6 +66,8 @@ class ClassificationTask:
         if tok.pad_token is None:  # decoder-only tokenizers (GPT-2, Llama) ship without one
             tok.pad_token = tok.eos_token
         model.config.pad_token_id = tok.pad_token_id
+        if model_cfg.cpu_kernels:
+            use_cpu_kernels(model)
         self.new_modules = sorted({k.rsplit(".", 1)[0] for k in info["missing_keys"]})
         return tok, model
 

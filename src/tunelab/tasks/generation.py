@@ -8,7 +8,7 @@ import torch
 
 from tunelab.config.schema import GenerateConfig
 from tunelab.console import task_bar
-from tunelab.train.precision import autocast
+from tunelab.train.precision import autocast, half_weights
 
 
 def generation_kwargs(tok, gen: GenerateConfig) -> dict:
@@ -34,7 +34,10 @@ def generate_texts(model, tok, prompts: list[str], gen: GenerateConfig, *, seq2s
     tok.truncation_side = "left"  # keep the end of an over-long prompt: the instruction's last words
     budget = max_length if seq2seq else max(8, max_length - gen.max_new_tokens)
     try:
-        with task_bar(desc, total=len(prompts)) as advance:
+        with task_bar(desc, total=len(prompts)) as advance, \
+                half_weights(model, precision, device, frozen_linear_only=False) as halved:
+            if halved:
+                precision = "fp32"  # the weights themselves are half now: no autocast on top
             for i in range(0, len(prompts), gen.batch_size):
                 idx = order[i : i + gen.batch_size]
                 enc = tok([prompts[j] for j in idx], return_tensors="pt", padding=True, truncation=True,

@@ -17,6 +17,7 @@ from tunelab.console import task_bar
 from tunelab.errors import TunelabError
 from tunelab.metrics import text as tm
 from tunelab.models.catalog import hf_source, load_error
+from tunelab.models.cpu_kernels import use_cpu_kernels
 from tunelab.tasks.batching import length_grouped_batches
 from tunelab.tasks.generation import generate_texts
 from tunelab.tasks.prompts import Renderer, row_to_conversation, with_shots
@@ -68,6 +69,8 @@ class GenerativeTask:
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         model.config.pad_token_id = tok.pad_token_id
+        if model_cfg.cpu_kernels:
+            use_cpu_kernels(model)
         if model.generation_config is not None:
             model.generation_config.pad_token_id = tok.pad_token_id
         # Weights the checkpoint lacked (e.g. cross-attention of a BERT2BERT warm start) train in full.

@@ -29,7 +29,7 @@ from tunelab.train.checkpoint import (
     save_checkpoint,
     trainable_state,
 )
-from tunelab.train.precision import resolve_precision
+from tunelab.train.precision import half_weights, resolve_precision
 
 
 @dataclass
@@ -82,6 +82,8 @@ def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, run: RunDir,
         num_training_steps=total_steps,
     )
     model, optimizer = accelerator.prepare(model, optimizer)
+    if cfg.compile:
+        model.compile()  # in place: parameter names (checkpoints, adapters) stay as they are
     trainable = [p for p in model.parameters() if p.requires_grad]
     eval_every = cfg.eval_every_steps or steps_per_epoch
     save_every = cfg.save_every_steps or steps_per_epoch
@@ -120,7 +122,9 @@ def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, run: RunDir,
             + ("  [green]best[/]" if improved else "") + ("  [yellow]early stop[/]" if state["stopped_early"] else "")
         )
 
-    with task_bar("Training", total=total_steps) as advance:
+    # Frozen linear weights are held in bf16 while training under bf16 on CPU (same maths, no re-cast per step).
+    with task_bar("Training", total=total_steps) as advance, \
+            half_weights(model, precision, accelerator.device, frozen_linear_only=True):
         advance(state["step"])
         while state["step"] < total_steps and not state["stopped_early"]:
             epoch, done_in_epoch = divmod(state["step"], steps_per_epoch)

@@ -12,6 +12,7 @@ import torch
 from tunelab.config.schema import RunConfig
 from tunelab.console import console, status
 from tunelab.errors import TunelabError
+from tunelab.models.cpu_kernels import use_cpu_kernels
 from tunelab.methods import get_method
 from tunelab.runs.rundir import RunDir
 from tunelab.tasks import get_task
@@ -33,6 +34,14 @@ def build_model(cfg: RunConfig, labels: list[str]):
     with status(f"Loading {cfg.model.name}"):
         tok, model = task.load(cfg.model, labels, **method.model_load_kwargs())
     model = method.apply(model, head_modules=task.head_modules(model), peft_task_type=task.peft_task_type)
+    if cfg.model.cpu_kernels:
+        use_cpu_kernels(model)  # again: the method may have added dropout modules (LoRA's)
+    if cfg.train.gradient_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise TunelabError(f"model '{cfg.model.name}' does not support gradient checkpointing; "
+                               "set train.gradient_checkpointing=false")
+        # Non-reentrant checkpointing needs no input that requires grad, so it works with frozen embeddings.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return task, tok, model, method
 
 

@@ -1,0 +1,116 @@
+"""Two CPU hot spots that torch 2.13 handles slowly, replaced with the same maths (profiled in bench/):
+
+- Dropout: `bernoulli_` draws one random number per element serially (~46 ns each here); on MiniLM LoRA
+  training it took 36% of every step. `fast_dropout` draws 64 random bits per 4 elements instead
+  (~15x faster) and keeps an element when its 16-bit word clears the threshold, so the
+  drop probability is p rounded to 1/65536.
+- Attention: a decode step (one query token per sequence, padded KV cache) through transformers' SDPA
+  path took ~2.6 ms per layer call for SmolLM2 at batch 8 (68% of the step), because the KV heads are
+  repeated for every query head. `cpu_attention` folds the query heads that share a KV head into
+  SDPA's query-length axis instead (0.33 ms, same kernel). Training attention with dropout falls back
+  in SDPA to a math path that uses `bernoulli_`; here it is plain matmuls + `fast_dropout`. Everything
+  else goes to transformers' own SDPA function.
+
+Both are installed through public extension points: the attention function is registered with
+transformers' `AttentionInterface` (selected per model with `set_attn_implementation`), and dropout
+modules are swapped for a `nn.Dropout` subclass, the way peft swaps linear layers. On other devices
+both defer to the stock ops. Turn them off with `model.cpu_kernels=false`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+NAME = "tunelab_cpu"
+_WORDS = 4  # 16-bit random words per int64 draw
+
+
+def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or p >= 1.0:
+        return nn.functional.dropout(x, p, training)
+    n = x.numel()
+    # The bits come from numpy's SFC64 (2x torch.randint's speed here), seeded by one draw from torch's
+    # generator, so torch.manual_seed still makes a run repeatable.
+    seed = int(torch.randint(0, 2**62, ()))
+    words = torch.from_numpy(np.random.SFC64(seed).random_raw(-(-n // _WORDS)).view(np.int16)[:n])
+    keep = words.view(x.shape) >= round(p * 65536) - 32768  # P(drop) = round(p * 65536) / 65536
+    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+
+
+class FastDropout(nn.Dropout):
+    """nn.Dropout with `fast_dropout` on CPU (same p, same state dict: none)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fast_dropout(x, self.p, self.training)
+
+
+def cpu_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """An `AttentionInterface` function: (batch, heads, q_len, head_dim) in, (batch, q_len, heads, head_dim) out."""
+    if query.device.type != "cpu" or kwargs.get("position_bias") is not None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    b, h, q_len, d = query.shape
+    scale = scaling if scaling is not None else d**-0.5
+    if q_len == 1 and dropout == 0.0:
+        return _decode_step(query, key, value, attention_mask, scale), None
+    if dropout > 0.0:
+        causal = kwargs.get("is_causal", getattr(module, "is_causal", False))
+        return _math_attention(query, key, value, attention_mask, scale, dropout, causal), None
+    return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+
+
+def _masked(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return scores
+    if mask.dtype == torch.bool:
+        return scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return scores + mask
+
+
+def _decode_step(query, key, value, mask, scale):
+    """One new token per sequence: the query heads that share a KV head become that head's "query
+    length", so SDPA runs on the cache as stored (no repeat of the KV heads) with its own numerics."""
+    b, h, _, d = query.shape
+    kv_heads, kv_len = key.shape[1], key.shape[2]
+    q = query.reshape(b, kv_heads, h // kv_heads, d)
+    if mask is not None:
+        mask = mask[:, :, -1:, :kv_len]  # (b, 1, 1, kv_len): broadcasts over heads and the group
+    out = nn.functional.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scale)
+    return out.reshape(b, h, 1, d).transpose(1, 2).contiguous()
+
+
+def _math_attention(query, key, value, mask, scale, dropout, causal):
+    groups = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scale
+    if mask is None and causal and query.shape[2] > 1:
+        q_len, kv_len = query.shape[2], key.shape[2]
+        mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
+    if mask is not None:
+        mask = mask[..., : key.shape[2]]
+    probs = torch.softmax(_masked(scores, mask).float(), dim=-1).to(value.dtype)
+    probs = fast_dropout(probs, dropout)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous()
+
+
+AttentionInterface.register(NAME, cpu_attention)
+AttentionMaskInterface.register(NAME, sdpa_mask)  # same masks as SDPA expects
+
+
+def use_cpu_kernels(model: nn.Module) -> nn.Module:
+    """Switch a loaded transformers model to the kernels above, in place. Models that do not use the
+    attention interface keep their attention (they still get the dropout); nothing is saved differently."""
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child) is nn.Dropout:
+                setattr(parent, name, FastDropout(child.p, child.inplace).train(child.training))
+    config = getattr(model, "config", None)
+    if config is not None and config._attn_implementation == "sdpa" and model._can_set_attn_implementation():
+        model.set_attn_implementation(NAME)
+    return model

@@ -1,0 +1,170 @@
+"""The CPU speed paths keep the maths: fast dropout, tunelab_cpu attention, half weights, checkpointing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+
+from tunelab.models import cpu_kernels as ck
+from tunelab.train.precision import half_weights
+
+
+def tiny_llama(**kw) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, attn_implementation="sdpa", **kw)
+    return LlamaForCausalLM(cfg)
+
+
+def tiny_bert(**kw) -> BertForSequenceClassification:
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     attn_implementation="sdpa", num_labels=3, **kw)
+    return BertForSequenceClassification(cfg)
+
+
+def padded_batch():
+    torch.manual_seed(1)
+    ids = torch.randint(3, 100, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # left padding, as batched generation uses
+    mask[1, :2] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_fast_dropout_rate_scale_and_seed(p):
+    x = torch.rand(1000, 1000) + 1.0  # no zeros of its own
+    torch.manual_seed(3)
+    y = ck.fast_dropout(x, p)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - p) < 0.003  # 1e6 draws: sd ~0.0005
+    kept = y != 0
+    torch.testing.assert_close(y[kept], x[kept] / (1 - p))
+    torch.manual_seed(3)
+    assert torch.equal(ck.fast_dropout(x, p), y)  # torch.manual_seed makes it repeatable
+    assert not torch.equal(ck.fast_dropout(x, p), y)
+    assert ck.fast_dropout(x, p, training=False) is x
+
+
+def test_fast_dropout_gradient_uses_the_same_mask():
+    x = torch.randn(64, 96, requires_grad=True)
+    y = ck.fast_dropout(x, 0.3)
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, y != 0)
+    torch.testing.assert_close(x.grad[y != 0], torch.full_like(x.grad[y != 0], 1 / 0.7))
+
+
+def test_use_cpu_kernels_keeps_modes_outputs_and_saved_config(tmp_path):
+    model = tiny_bert().eval()
+    ids, mask = padded_batch()
+    before = model(input_ids=ids, attention_mask=mask).logits
+    ck.use_cpu_kernels(model)
+    assert model.config._attn_implementation == ck.NAME
+    drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops and all(isinstance(m, ck.FastDropout) and not m.training for m in drops)
+    assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, before)
+    model.save_pretrained(tmp_path)
+    assert ck.NAME not in (tmp_path / "config.json").read_text()  # plain transformers reloads it
+    assert "attn_implementation" not in json.loads((tmp_path / "config.json").read_text())
+
+
+def test_decode_attention_matches_sdpa_in_greedy_generation():
+    model = tiny_llama().eval()
+    ids, mask = padded_batch()
+    kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0,
+              output_scores=True, return_dict_in_generate=True)
+    stock = model.generate(**kw)
+    ck.use_cpu_kernels(model)
+    ours = model.generate(**kw)
+    assert torch.equal(ours.sequences, stock.sequences)
+    for a, b in zip(ours.scores, stock.scores):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("build", [tiny_llama, tiny_bert])
+def test_training_attention_with_dropout(build):
+    dropout = {"attention_dropout": 0.2} if build is tiny_llama else {"attention_probs_dropout_prob": 0.2,
+                                                                      "hidden_dropout_prob": 0.0}
+    model = build(**dropout).train()
+    ids, mask = padded_batch()
+    ck.use_cpu_kernels(model)
+    out = lambda: model(input_ids=ids, attention_mask=mask).logits  # noqa: E731
+    torch.manual_seed(5)
+    a = out()
+    torch.manual_seed(5)
+    assert torch.equal(out(), a)  # repeatable
+    assert not torch.equal(out(), a)  # and random
+    # With the dropout rate at 0 the math path must equal stock SDPA.
+    for m in model.modules():
+        if hasattr(m, "attention_dropout"):
+            m.attention_dropout = 0.0
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    if build is tiny_bert:
+        model.config.attention_probs_dropout_prob = 0.0
+    ours = out()
+    model.set_attn_implementation("sdpa")
+    torch.testing.assert_close(ours, out(), atol=1e-5, rtol=1e-5)
+
+
+def test_half_weights_training_same_loss_and_exact_restore():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_bert(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+                           LoraConfig(r=4, target_modules=["query", "value"], task_type="SEQ_CLS"))
+    ids, mask = padded_batch()
+    originals = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def loss_and_grads():
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 1, 2])).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    ref_loss, ref_grads = loss_and_grads()
+    with half_weights(model, "bf16", "cpu", frozen_linear_only=True) as halved:
+        assert halved
+        dtypes = {n: p.dtype for n, p in model.named_parameters()}
+        loss, grads = loss_and_grads()
+    assert dtypes["base_model.model.bert.encoder.layer.0.attention.self.query.base_layer.weight"] == torch.bfloat16
+    assert dtypes["base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.default.weight"] == torch.float32
+    assert dtypes["base_model.model.bert.embeddings.word_embeddings.weight"] == torch.float32  # not a Linear
+    assert torch.equal(loss, ref_loss)  # autocast casts those weights to the same bf16 values
+    for n in ref_grads:
+        assert torch.equal(grads[n], ref_grads[n]), n
+    for n, p in model.named_parameters():
+        assert p.dtype == torch.float32 and torch.equal(p, originals[n]), n
+
+
+def test_half_weights_is_a_no_op_for_fp32():
+    model = tiny_llama()
+    with half_weights(model, "fp32", "cpu", frozen_linear_only=False) as halved:
+        assert not halved
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_gradient_checkpointing_same_loss_and_gradients():
+    from tunelab.config.load import load_config
+    from tunelab.workflows.common import build_model
+
+    ids, mask = padded_batch()
+    ids = ids.clamp(max=1000)
+    results = []
+    for gc in (False, True):
+        cfg = load_config("sentiment-tiny", {"train": {"gradient_checkpointing": gc}})
+        torch.manual_seed(0)
+        _, _, model, _ = build_model(cfg, ["negative", "neutral", "positive"])
+        model.train()
+        torch.manual_seed(7)  # same dropout draws: non-reentrant checkpointing replays the RNG state
+        loss = model(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 1, 2])).loss
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
+    (l0, g0), (l1, g1) = results
+    assert torch.equal(l0, l1)
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], atol=1e-6, rtol=1e-5)
