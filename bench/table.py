@@ -67,7 +67,8 @@ def workload_section(res: dict) -> list[str]:
 
 
 def write_readme(out_dir: Path) -> None:
-    results = [json.loads(p.read_text()) for p in sorted(out_dir.glob("*.json"))]
+    # Only the workload results: export.json and serve_load.json in the same folder have their own tables.
+    results = [r for r in (json.loads(p.read_text()) for p in sorted(out_dir.glob("*.json"))) if "gemm_peak_gflops" in r]
     lines = ["# tunelab benchmark results", "",
              "Written by `make bench` (`python -m bench.run`); see bench/README.md for the method and the FLOP "
              "formula. Each cell: median (min-max) over the repeats; one fresh process per run.", ""]
