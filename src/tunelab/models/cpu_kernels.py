@@ -55,7 +55,7 @@ def cpu_attention(module, query, key, value, attention_mask, scaling=None, dropo
     """An `AttentionInterface` function: (batch, heads, q_len, head_dim) in, (batch, q_len, heads, head_dim) out."""
     if query.device.type != "cpu" or kwargs.get("position_bias") is not None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
-    b, h, q_len, d = query.shape
+    q_len, d = query.shape[2], query.shape[3]
     scale = scaling if scaling is not None else d**-0.5
     if q_len == 1 and dropout == 0.0:
         return _decode_step(query, key, value, attention_mask, scale), None
