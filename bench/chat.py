@@ -74,7 +74,7 @@ def run_tunelab(size: int) -> dict:
     hooks = LoopHooks(
         batches=lambda epoch: task.batches(train, cfg.train.batch_size, np.random.default_rng([cfg.seed, epoch]),
                                            cfg.train.group_by_length and not cfg.train.packing),
-        collate=collate, loss=task.loss, validate=lambda m: {"loss": 0.0})
+        collate=collate, loss=task.loss, weight=task.loss_weight, validate=lambda m: {"loss": 0.0})
     state = fit(model, cfg.train, hooks, RunDir.create(cfg), method=method)
     val = validation_loss(model, cfg, convs["validation"])
     return record("tunelab", precision, model, trained, loss_tokens[0], state["step"], state["train_seconds"], val, splits)

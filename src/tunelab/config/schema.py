@@ -111,6 +111,9 @@ class TrainConfig(Section):
     )
     group_by_length: bool = True
     packing: bool = Field(False, description="decoder-only: pack short examples into full rows (no padding)")
+    max_batch_tokens: int | None = Field(
+        None, ge=1, description="memory cap: a batch over this many (padded) tokens runs in pieces of whole rows whose "
+        "gradients add up to the same step; peak memory then no longer grows with the largest batch in the data")
     compile: bool = Field(False, description="torch.compile the model's forward (measured slower on the 2-core CPU "
                           "here: see bench/README.md; may pay on GPUs and long runs)")
     gradient_checkpointing: bool = Field(

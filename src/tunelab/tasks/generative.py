@@ -146,6 +146,11 @@ class GenerativeTask:
             labels[r, : len(lab)] = torch.tensor(lab)
         return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
+    def loss_weight(self, batch) -> int:
+        """Target tokens of a batch, what `loss` averages over (causal: labels shifted by one)."""
+        labels = batch["labels"] if self.seq2seq else batch["labels"][:, 1:]
+        return int((labels != IGNORE).sum())
+
     def loss(self, model, batch) -> torch.Tensor:
         # No KV cache in training: it wastes memory, and with a cache present transformers does not
         # read packed position_ids as sequence boundaries.

@@ -42,6 +42,24 @@ class LoopHooks:
     validate: Callable[[torch.nn.Module], dict]  # -> metrics on the validation split
     metric: str = "loss"  # validation metric that picks the best checkpoint
     higher_is_better: bool = False
+    # What the task's loss averages over in a batch (examples, or target tokens for generative tasks):
+    # micro-batches and pieces are weighted by it, so a step's gradient is that of one big batch.
+    weight: Callable[[dict], float] | None = None
+
+
+def rows(batch: dict) -> int:
+    return len(next(iter(batch.values())))
+
+
+def split_rows(batch: dict, max_tokens: int | None) -> list[dict]:
+    """Pieces of whole rows holding at most `max_tokens` (padded) tokens each (one row at least), so
+    the activations of a forward pass, the bulk of training memory, are capped by the budget rather
+    than by the largest batch the data happens to produce."""
+    n, width = batch["input_ids"].shape[:2]
+    per = max(1, max_tokens // width) if max_tokens else n
+    if per >= n:
+        return [batch]
+    return [{k: v[i : i + per] for k, v in batch.items()} for i in range(0, n, per)]
 
 
 def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -136,16 +154,23 @@ def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, run: RunDir,
                 t0 = time.perf_counter()
                 model.train()
                 n_examples = sum(len(idx) for idx in group)
+                pieces = [p for idx in group for p in split_rows(hooks.collate(idx), cfg.max_batch_tokens)]
+                weights = [float(hooks.weight(p)) if hooks.weight else rows(p) for p in pieces]
+                total = sum(weights)
                 step_loss = 0.0
-                for idx in group:
-                    batch = {k: v.to(accelerator.device) for k, v in hooks.collate(idx).items()}
+                for batch, w in zip(pieces, weights):
+                    if w == 0 and total > 0:
+                        continue  # nothing to learn from in this piece (e.g. no reply tokens)
+                    batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                     with accelerator.autocast():
                         loss = hooks.loss(model, batch)
                     if not torch.isfinite(loss):
                         raise NonFiniteLossError(f"loss is {float(loss)} at step {state['step'] + 1}", state["step"] + 1)
-                    # Weight each micro-batch by its size: the step's loss is the mean over its examples.
-                    accelerator.backward(loss * (len(idx) / n_examples))
-                    step_loss += float(loss.detach()) * len(idx) / n_examples
+                    # Each piece counts by its share of what the loss averages over: the step's loss is
+                    # the mean over all of its examples (or target tokens), as one big batch would give.
+                    share = w / total if total else 1 / len(pieces)
+                    accelerator.backward(loss * share)
+                    step_loss += float(loss.detach()) * share
                 grad_norm = None
                 if cfg.max_grad_norm:
                     grad_norm = float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm))

@@ -83,6 +83,7 @@ def train_generative(cfg: RunConfig, run: RunDir, *, resume: bool) -> None:
                                            cfg.train.group_by_length and not cfg.train.packing),
         collate=lambda idx: task.collate(tok, enc["train"], idx, packing=cfg.train.packing, max_length=cfg.model.max_length),
         loss=task.loss,
+        weight=task.loss_weight,
         validate=lambda m: task.teacher_forced_loss(m, tok, enc["validation"], cfg.eval.batch_size, precision),
         metric=metric,
         higher_is_better=task.higher_is_better.get(metric, False),
