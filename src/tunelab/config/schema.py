@@ -51,6 +51,8 @@ class DataConfig(Section):
     dedupe: bool = Field(True, description="drop exact duplicate texts before splitting")
     max_train_samples: int | None = Field(None, ge=1, description="stratified subsample of train")
     max_eval_samples: int | None = Field(None, ge=1, description="stratified subsample of validation/test")
+    token_cache: bool = Field(True, description="generative tasks: keep tokenized data on disk (under TUNELAB_CACHE, "
+                              "default ~/.cache/tunelab/tokens), keyed by a hash of the data, tokenizer and settings")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:

@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from tunelab.config.schema import ModelConfig, RunConfig
 from tunelab.console import task_bar
+from tunelab.data import token_cache
 from tunelab.errors import TunelabError
 from tunelab.metrics import text as tm
 from tunelab.models.catalog import hf_source, load_error
@@ -90,7 +91,25 @@ class GenerativeTask:
     def encode(self, tok, convs: list[list[dict]], cfg: RunConfig, desc: str = "Tokenizing",
                context: list[list[dict]] | None = None) -> GenEncoded:
         """Token ids and labels; labels are IGNORE except on reply tokens. `context` (k-shot turns)
-        is prepended to each conversation without contributing to the loss."""
+        is prepended to each conversation without contributing to the loss. Kept on disk by content
+        hash (data/token_cache.py) unless `data.token_cache` is off."""
+        key = None
+        if cfg.data.token_cache:
+            from tunelab.tasks import prompts
+
+            key = token_cache.entry_key("generative", self.seq2seq, cfg.model.max_length, cfg.model.max_target_length,
+                                        token_cache.tokenizer_fingerprint(tok), convs, context,
+                                        inspect.getsource(GenerativeTask._encode), inspect.getsource(prompts))
+            hit = token_cache.load(key)
+            if hit is not None:
+                columns, meta = hit
+                return GenEncoded(columns["input_ids"], columns["labels"], int(meta.get("truncated", 0)))
+        enc = self._encode(tok, convs, cfg, desc, context)
+        if key is not None:
+            token_cache.save(key, {"input_ids": enc.input_ids, "labels": enc.labels}, {"truncated": str(enc.truncated)})
+        return enc
+
+    def _encode(self, tok, convs, cfg: RunConfig, desc: str, context) -> GenEncoded:
         renderer = Renderer(tok, self.seq2seq)
         max_len = cfg.model.max_length
         ids_all, labels_all, truncated = [], [], 0
