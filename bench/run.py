@@ -30,9 +30,11 @@ WORKLOADS = {
 }
 
 
-def child(module: str, *args: str) -> dict:
+def child(module: str, *args: str, baseline: bool = False) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT.parent / "src"), str(ROOT.parent),
                                                        os.environ.get("PYTHONPATH", "")])}
+    if baseline:  # torch's own kernel-cache sizes, as a user gets them (importing tunelab would cap them)
+        env.update(ONEDNN_PRIMITIVE_CACHE_CAPACITY="1024", LRU_CACHE_CAPACITY="1024")
     proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("BENCH_RECORD "):
@@ -51,7 +53,7 @@ def run_workload(name: str, repeats: int, quick: bool, only_sizes: list[int] | N
             # Alternate which side goes first so slow drifts of the shared machine hit both alike.
             for impl in ([baseline, "tunelab"] if rep % 2 == 0 else ["tunelab", baseline]):
                 t0 = time.time()
-                rec = child(module, "--impl", impl, "--size", str(size))
+                rec = child(module, "--impl", impl, "--size", str(size), baseline=impl == baseline)
                 rec["repeat"] = rep
                 records.append(rec)
                 print(f"  {name} {impl:8s} size {size:5d} rep {rep}: {rec['examples_per_s']:.2f} ex/s, "

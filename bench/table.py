@@ -60,8 +60,11 @@ def workload_section(res: dict) -> list[str]:
                          f"{med(t, 'peak_rss_mb') / med(b, 'peak_rss_mb'):.2f} | {med(t, 'train_seconds'):.1f} |")
     if len(sizes) > 1:
         t = {s: med([r for r in recs if r["size"] == s and r["impl"] == "tunelab"], "train_seconds") for s in sizes}
-        growth = ", ".join(f"{sizes[i]}->{sizes[i + 1]}: x{t[sizes[i + 1]] / t[sizes[i]]:.2f} time for "
-                           f"x{sizes[i + 1] / sizes[i]:.2f} data" for i in range(len(sizes) - 1))
+        # Examples differ in length (chat conversations a lot), so the real-token count grows by its own factor.
+        n = {s: med([r for r in recs if r["size"] == s and r["impl"] == "tunelab"], "real_tokens") for s in sizes}
+        growth = ", ".join(f"{a}->{b}: x{t[b] / t[a]:.2f} time for x{b / a:.2f} data"
+                           + (f" (x{n[b] / n[a]:.2f} real tokens)" if n[a] and n[b] else "")
+                           for a, b in zip(sizes, sizes[1:]))
         lines += ["", f"tunelab time growth with data size: {growth}."]
     return lines + [""]
 

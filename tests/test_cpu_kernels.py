@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -168,3 +171,38 @@ def test_gradient_checkpointing_same_loss_and_gradients():
     assert torch.equal(l0, l1)
     for n in g0:
         torch.testing.assert_close(g1[n], g0[n], atol=1e-6, rtol=1e-5)
+
+
+_CACHE_GROWTH = """
+import ctypes, os
+import tunelab  # sets the kernel-cache caps unless the environment has them
+import torch
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL("libc.so.6"); libc.mallinfo2.restype = Info
+def in_use(): i = libc.mallinfo2(); return (i.uordblks + i.hblkhd) / 2**20
+torch.set_num_threads(1)
+w = torch.randn(256, 128, dtype=torch.bfloat16, requires_grad=True)
+def step(rows):  # one bf16 GEMM forward + backward at a new shape, as each length-grouped batch brings
+    torch.nn.functional.linear(torch.randn(rows, 128, dtype=torch.bfloat16, requires_grad=True), w).sum().backward()
+for rows in range(8, 40): step(rows)
+start = in_use()
+for rows in range(40, 240): step(rows)
+print(os.environ["LRU_CACHE_CAPACITY"], round(in_use() - start, 1))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads glibc's mallinfo2")
+def test_kernel_caches_are_capped_so_memory_does_not_grow_with_batch_shapes():
+    """200 new GEMM shapes: with the caps tunelab sets, memory in use stays put; with torch's defaults
+    (which a user's environment can still choose, and wins) each shape keeps its compiled kernel."""
+    def growth(**caps):
+        env = {k: v for k, v in os.environ.items() if k not in ("LRU_CACHE_CAPACITY", "ONEDNN_PRIMITIVE_CACHE_CAPACITY")}
+        out = subprocess.run([sys.executable, "-c", _CACHE_GROWTH], capture_output=True, text=True, check=True,
+                             env={**env, **caps}).stdout.split()
+        return out[0], float(out[1])
+
+    cap, grew = growth()
+    assert cap == "16" and grew < 20
+    cap, grew = growth(LRU_CACHE_CAPACITY="1024", ONEDNN_PRIMITIVE_CACHE_CAPACITY="1024")
+    assert cap == "1024" and grew > 50

@@ -72,3 +72,17 @@ def test_split_rows_caps_tokens_and_keeps_every_row_once():
     assert torch.equal(torch.cat([p["labels"] for p in pieces]), batch["labels"])
     assert split_rows(batch, None) == [batch] and split_rows(batch, 35) == [batch]
     assert [p["input_ids"].shape[0] for p in split_rows(batch, 3)] == [1] * 5  # a row over budget runs alone
+
+
+def test_length_grouped_batches_put_the_widest_batch_first_and_keep_every_example_once():
+    from tunelab.tasks.batching import length_grouped_batches
+
+    lengths = np.random.default_rng(0).integers(3, 80, size=1000)
+    for seed in range(5):
+        batches = length_grouped_batches(lengths, 32, np.random.default_rng(seed), True)
+        padded = [len(b) * lengths[b].max() for b in batches]
+        assert padded[0] == max(padded)
+        assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    # Seeds still shuffle the rest.
+    a, b = (length_grouped_batches(lengths, 32, np.random.default_rng(s), True) for s in (1, 2))
+    assert [x.tolist() for x in a[1:]] != [x.tolist() for x in b[1:]]

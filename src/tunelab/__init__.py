@@ -5,10 +5,16 @@ Data flow: config -> data -> model + method -> train -> evaluate -> artifacts ->
 
 import os
 
-# oneDNN (torch's CPU GEMM library) keeps up to 1024 compiled kernels by default, with their scratch
-# buffers, one per distinct matrix shape. Length-grouped batches produce many shapes, so peak memory
-# grew with the data (~+300 MB at 2,000 tweets); 16 kept it near flat at no measured speed cost
-# (bench/README.md). Read when oneDNN first runs, so it is set at import; the environment wins.
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
+# torch's CPU GEMMs (oneDNN, through ideep) keep two caches of compiled kernels, one entry per matrix
+# shape: oneDNN's own (ONEDNN_PRIMITIVE_CACHE_CAPACITY, 1024 by default) and ideep's (LRU_CACHE_CAPACITY,
+# also 1024), each entry holding compiled code and scratch buffers. Length-grouped batches bring new
+# shapes at almost every step, so memory in use grew ~3 MB per step and peak RSS with the data
+# (sentiment, 2,000 tweets: 1.52 GB with ideep's default, 1.27 GB with both at 16, no slower). Both are
+# read when the first GEMM runs, so the default is set here; packed training, whose few shapes repeat,
+# widens them again (models/cpu_kernels.py widen_kernel_caches). Values the user exported always win.
+KERNEL_CACHE_VARS = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+USER_KERNEL_CACHE = {k: os.environ[k] for k in KERNEL_CACHE_VARS if k in os.environ}
+for _var in KERNEL_CACHE_VARS:
+    os.environ.setdefault(_var, "16")
 
 __version__ = "0.1.0"

@@ -111,7 +111,8 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 autocast where the CPU/GPU supports it, else fp32"
     )
-    group_by_length: bool = True
+    group_by_length: bool = Field(True, description="batch examples of similar length together (less padding); the "
+                                  "batch with the most tokens runs first, so memory peaks at step 1")
     packing: bool = Field(False, description="decoder-only: pack short examples into full rows (no padding)")
     max_batch_tokens: int | None = Field(
         None, ge=1, description="memory cap: a batch over this many (padded) tokens runs in pieces of whole rows whose "

@@ -19,6 +19,8 @@ both defer to the stock ops. Turn them off with `model.cpu_kernels=false`.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from torch import nn
@@ -101,6 +103,19 @@ def _math_attention(query, key, value, mask, scale, dropout, causal):
 
 AttentionInterface.register(NAME, cpu_attention)
 AttentionMaskInterface.register(NAME, sdpa_mask)  # same masks as SDPA expects
+
+
+def widen_kernel_caches(shapes: int = 1024) -> None:
+    """Let torch's CPU GEMM kernel caches keep `shapes` entries again (tunelab/__init__.py caps them at 16
+    so that memory stays flat when every batch has a new shape). Packed causal-LM training repeats a few
+    dozen shapes every step (rows x layers' maps x LoRA factors), more than 16: at 16 the kernels were
+    rebuilt each step and SmolLM2 chat training ran ~15% slower. Must run before the first GEMM of the
+    process (torch reads the sizes then); a value the user exported is kept."""
+    from tunelab import KERNEL_CACHE_VARS, USER_KERNEL_CACHE
+
+    for var in KERNEL_CACHE_VARS:
+        if var not in USER_KERNEL_CACHE:
+            os.environ[var] = str(shapes)
 
 
 def use_cpu_kernels(model: nn.Module) -> nn.Module:

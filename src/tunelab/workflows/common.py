@@ -12,7 +12,7 @@ import torch
 from tunelab.config.schema import RunConfig
 from tunelab.console import console, status
 from tunelab.errors import TunelabError
-from tunelab.models.cpu_kernels import use_cpu_kernels
+from tunelab.models.cpu_kernels import use_cpu_kernels, widen_kernel_caches
 from tunelab.methods import get_method
 from tunelab.runs.rundir import RunDir
 from tunelab.tasks import get_task
@@ -30,6 +30,8 @@ def peak_rss_mb() -> float:
 def build_model(cfg: RunConfig, labels: list[str]):
     """(task, tokenizer, model with the method applied, method)."""
     task = get_task(cfg.task.type)
+    if cfg.train.packing and task.type != "classification":
+        widen_kernel_caches()  # before any GEMM runs: packed rows repeat their shapes
     method = get_method(cfg.method.name)(cfg.method)
     with status(f"Loading {cfg.model.name}"):
         tok, model = task.load(cfg.model, labels, **method.model_load_kwargs())
