@@ -175,8 +175,12 @@ def test_gradient_checkpointing_same_loss_and_gradients():
 
 _CACHE_GROWTH = """
 import ctypes, os
+import sys
 import tunelab  # sets the kernel-cache caps unless the environment has them
 import torch
+if "widen" in sys.argv:  # what packed training does before its first GEMM
+    from tunelab.models.cpu_kernels import widen_kernel_caches
+    widen_kernel_caches()
 class Info(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
 libc = ctypes.CDLL("libc.so.6"); libc.mallinfo2.restype = Info
@@ -196,9 +200,9 @@ print(os.environ["LRU_CACHE_CAPACITY"], round(in_use() - start, 1))
 def test_kernel_caches_are_capped_so_memory_does_not_grow_with_batch_shapes():
     """200 new GEMM shapes: with the caps tunelab sets, memory in use stays put; with torch's defaults
     (which a user's environment can still choose, and wins) each shape keeps its compiled kernel."""
-    def growth(**caps):
+    def growth(*args, **caps):
         env = {k: v for k, v in os.environ.items() if k not in ("LRU_CACHE_CAPACITY", "ONEDNN_PRIMITIVE_CACHE_CAPACITY")}
-        out = subprocess.run([sys.executable, "-c", _CACHE_GROWTH], capture_output=True, text=True, check=True,
+        out = subprocess.run([sys.executable, "-c", _CACHE_GROWTH, *args], capture_output=True, text=True, check=True,
                              env={**env, **caps}).stdout.split()
         return out[0], float(out[1])
 
@@ -206,3 +210,7 @@ def test_kernel_caches_are_capped_so_memory_does_not_grow_with_batch_shapes():
     assert cap == "16" and grew < 20
     cap, grew = growth(LRU_CACHE_CAPACITY="1024", ONEDNN_PRIMITIVE_CACHE_CAPACITY="1024")
     assert cap == "1024" and grew > 50
+    cap, grew = growth("widen")  # packed training: torch's sizes again
+    assert cap == "1024" and grew > 50
+    cap, grew = growth("widen", LRU_CACHE_CAPACITY="16", ONEDNN_PRIMITIVE_CACHE_CAPACITY="16")  # the user's win
+    assert cap == "16" and grew < 20

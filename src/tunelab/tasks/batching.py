@@ -22,9 +22,8 @@ def length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.
     out = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     if rng is not None and group_by_length:
         out = [out[i] for i in rng.permutation(len(out))]
-        # The batch with the most padded tokens runs first: the allocator reaches its high-water mark
-        # at step 1 (an out-of-memory shows at once) and later, smaller batches reuse that memory
-        # instead of fragmenting the heap around a late large one.
+        # The batch with the most padded tokens runs first, as transformers' LengthGroupedSampler does:
+        # memory peaks at step 1, so an out-of-memory shows at once instead of late in an epoch.
         widest = max(range(len(out)), key=lambda i: len(out[i]) * int(lengths[out[i]].max()))
         out.insert(0, out.pop(widest))
     return out
