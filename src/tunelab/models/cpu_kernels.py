@@ -43,7 +43,20 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tens
     seed = int(torch.randint(0, 2**62, ()))
     words = torch.from_numpy(np.random.SFC64(seed).random_raw(-(-n // _WORDS)).view(np.int16)[:n])
     keep = words.view(x.shape) >= round(p * 65536) - 32768  # P(drop) = round(p * 65536) / 65536
-    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+    return x * _scaled_mask(keep, 1.0 / (1.0 - p), x.dtype)
+
+
+_SAME_WIDTH_INT = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
+
+
+def _scaled_mask(keep: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """`keep` as `scale` / 0 in `dtype`. Built as integer bit patterns (0 is +0.0) because torch's
+    bool -> bf16 cast is not vectorized: 0.23 ms for a 32x41x384 mask with the scaling, 0.02 ms this way."""
+    ints = _SAME_WIDTH_INT.get(dtype)
+    if ints is None:
+        return keep.to(dtype).mul_(scale)
+    bits = int(torch.tensor(scale, dtype=dtype).view(ints))
+    return (keep.to(ints) * bits).view(dtype)
 
 
 class FastDropout(nn.Dropout):
@@ -67,12 +80,13 @@ def cpu_attention(module, query, key, value, attention_mask, scaling=None, dropo
     return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
 
 
-def _masked(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def _masked_(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """In place: `scores` is a fresh product that autograd does not keep."""
     if mask is None:
         return scores
     if mask.dtype == torch.bool:
-        return scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    return scores + mask
+        return scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)
+    return scores.add_(mask)
 
 
 def _decode_step(query, key, value, mask, scale):
@@ -96,7 +110,7 @@ def _math_attention(query, key, value, mask, scale, dropout, causal):
         mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
     if mask is not None:
         mask = mask[..., : key.shape[2]]
-    probs = torch.softmax(_masked(scores, mask).float(), dim=-1).to(value.dtype)
+    probs = torch.softmax(_masked_(scores, mask), dim=-1, dtype=torch.float32).to(value.dtype)  # as HF's eager
     probs = fast_dropout(probs, dropout)
     return torch.matmul(probs, value).transpose(1, 2).contiguous()
 

@@ -35,7 +35,7 @@ def generate_texts(model, tok, prompts: list[str], gen: GenerateConfig, *, seq2s
     budget = max_length if seq2seq else max(8, max_length - gen.max_new_tokens)
     try:
         with task_bar(desc, total=len(prompts)) as advance, \
-                half_weights(model, precision, device, frozen_linear_only=False) as halved:
+                half_weights(model, precision, device, frozen_only=False) as halved:
             if halved:
                 precision = "fp32"  # the weights themselves are half now: no autocast on top
             for i in range(0, len(prompts), gen.batch_size):

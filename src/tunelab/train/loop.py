@@ -29,7 +29,7 @@ from tunelab.train.checkpoint import (
     save_checkpoint,
     trainable_state,
 )
-from tunelab.train.precision import half_weights, resolve_precision
+from tunelab.train.precision import resolve_precision, training_weights
 
 
 @dataclass
@@ -140,9 +140,10 @@ def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, run: RunDir,
             + ("  [green]best[/]" if improved else "") + ("  [yellow]early stop[/]" if state["stopped_early"] else "")
         )
 
-    # Frozen linear weights are held in bf16 while training under bf16 on CPU (same maths, no re-cast per step).
+    # Under bf16 on CPU the frozen weights are held in bf16 for the loop: no re-cast per step, and a bf16
+    # residual stream instead of float32 casts before every linear map.
     with task_bar("Training", total=total_steps) as advance, \
-            half_weights(model, precision, accelerator.device, frozen_linear_only=True):
+            training_weights(model, precision, accelerator.device):
         advance(state["step"])
         while state["step"] < total_steps and not state["stopped_early"]:
             epoch, done_in_epoch = divmod(state["step"], steps_per_epoch)

@@ -42,15 +42,17 @@ def autocast(precision: str, device: torch.device | str):
 
 
 @contextlib.contextmanager
-def half_weights(model: torch.nn.Module, precision: str, device: torch.device | str, *, frozen_linear_only: bool):
+def half_weights(model: torch.nn.Module, precision: str, device: torch.device | str, *, frozen_only: bool):
     """Hold float32 weights in bf16/fp16 on CPU for the block (yields whether it did); the exact float32
     tensors come back after.
 
     Why: CPU autocast re-casts frozen weights at every forward (its cast cache keeps trainable leaves
-    only), and mixing half activations with float32 norm weights runs the element-wise work in
-    float32. Training (`frozen_linear_only`): only frozen nn.Linear weights, which autocast would cast
-    to the same values anyway, so the maths is unchanged. Generation: every float32 weight, for pure
-    half-precision inference (prefill 1.7x faster on SmolLM2). Costs a half-size copy of those weights."""
+    only), and a float32 LayerNorm/RMSNorm weight makes the residual stream float32, so every linear map
+    casts its input again (5 casts of the same activations per BERT layer with LoRA on query/value) and
+    the element-wise work runs in float32. Training (`frozen_only`): frozen weights only, as when a model
+    is loaded in bf16 for LoRA; trainable weights (master weights) and optimizer state stay float32.
+    Generation: every float32 weight, for pure half-precision inference (prefill 1.7x faster on SmolLM2).
+    Costs a half-size copy of those weights."""
     device = torch.device(device)
     quantized = any(not p.is_floating_point() for p in model.parameters())  # bitsandbytes 4/8-bit: leave as is
     if precision == "fp32" or device.type != "cpu" or quantized:
@@ -58,18 +60,28 @@ def half_weights(model: torch.nn.Module, precision: str, device: torch.device | 
         return
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     saved = []
-    for module in model.modules():
-        if frozen_linear_only and not isinstance(module, torch.nn.Linear):
-            continue
-        for p in module.parameters(recurse=False):
-            if p.dtype == torch.float32 and not (frozen_linear_only and p.requires_grad):
-                saved.append((p, p.data))
-                p.data = p.data.to(dtype)
+    for p in model.parameters():
+        if p.dtype == torch.float32 and not (frozen_only and p.requires_grad):
+            saved.append((p, p.data))
+            p.data = p.data.to(dtype)
     try:
         yield True
     finally:
         for p, data in saved:
             p.data = data
+
+
+@contextlib.contextmanager
+def training_weights(model: torch.nn.Module, precision: str, device: torch.device | str):
+    """The weights' dtypes for a training loop under `precision`: frozen weights in bf16/fp16 on CPU
+    (`half_weights`), and peft's adapter layers keep that half-precision input instead of up-casting it
+    to their float32 weights. Under autocast the matmul casts it straight back, so the up-cast cost two
+    copies of the activations per adapted layer (forward and backward) and changed nothing."""
+    from peft.helpers import disable_input_dtype_casting
+
+    with half_weights(model, precision, device, frozen_only=True) as halved, \
+            disable_input_dtype_casting(model, active=halved):
+        yield halved
 
 
 def default_threads() -> int:
