@@ -180,6 +180,21 @@ def test_training_weights_halves_frozen_weights_only_and_restores_them_exactly()
     assert all(m.cast_input_dtype_enabled for m in model.modules() if hasattr(m, "cast_input_dtype_enabled"))
 
 
+def test_fp16_training_halves_only_the_frozen_linear_maps():
+    from peft import LoraConfig, get_peft_model
+
+    from tunelab.train.precision import training_weights
+
+    model = get_peft_model(tiny_bert(), LoraConfig(r=4, target_modules=["query", "value"], task_type="SEQ_CLS"))
+    with training_weights(model, "fp16", "cpu"):
+        dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert dtypes["base_model.model.bert.encoder.layer.0.attention.self.query.base_layer.weight"] == torch.float16
+    assert dtypes["base_model.model.bert.encoder.layer.0.attention.output.LayerNorm.weight"] == torch.float32
+    assert dtypes["base_model.model.bert.embeddings.word_embeddings.weight"] == torch.float32
+    assert dtypes["base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.default.weight"] == torch.float32
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
 def test_half_weights_is_a_no_op_for_fp32():
     model = tiny_llama()
     with half_weights(model, "fp32", "cpu", frozen_only=False) as halved:

@@ -50,7 +50,8 @@ def half_weights(model: torch.nn.Module, precision: str, device: torch.device | 
     only), and a float32 LayerNorm/RMSNorm weight makes the residual stream float32, so every linear map
     casts its input again (5 casts of the same activations per BERT layer with LoRA on query/value) and
     the element-wise work runs in float32. Training (`frozen_only`): frozen weights only, as when a model
-    is loaded in bf16 for LoRA; trainable weights (master weights) and optimizer state stay float32.
+    is loaded in bf16 for LoRA (under fp16: frozen linear maps only); trainable weights (master weights)
+    and optimizer state stay float32.
     Generation: every float32 weight, for pure half-precision inference (prefill 1.7x faster on SmolLM2).
     Costs a half-size copy of those weights."""
     device = torch.device(device)
@@ -59,8 +60,14 @@ def half_weights(model: torch.nn.Module, precision: str, device: torch.device | 
         yield False
         return
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    params = model.parameters()
+    if frozen_only and dtype == torch.float16:
+        # fp16's range (max 65504) is too narrow for a residual stream (T5 and large LLMs overflow in it),
+        # so fp16 training keeps norms and embeddings in float32 and halves only the frozen linear maps.
+        params = dict.fromkeys(p for m in model.modules() if isinstance(m, torch.nn.Linear)
+                                for p in m.parameters(recurse=False))
     saved = []
-    for p in model.parameters():
+    for p in params:
         if p.dtype == torch.float32 and not (frozen_only and p.requires_grad):
             saved.append((p, p.data))
             p.data = p.data.to(dtype)
