@@ -90,6 +90,13 @@ def test_decode_attention_matches_sdpa_in_greedy_generation():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_dropout_mask_built_from_bits_equals_the_cast_mask(dtype):
+    keep = torch.rand(64, 97) > 0.3
+    for p in (0.1, 0.3, 0.5):
+        assert torch.equal(ck._scaled_mask(keep, 1 / (1 - p), dtype), keep.to(dtype) * (1 / (1 - p)))
+
+
 @pytest.mark.parametrize("build", [tiny_llama, tiny_bert])
 def test_training_attention_with_dropout(build):
     dropout = {"attention_dropout": 0.2} if build is tiny_llama else {"attention_probs_dropout_prob": 0.2,

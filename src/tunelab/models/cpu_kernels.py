@@ -19,6 +19,7 @@ both defer to the stock ops. Turn them off with `model.cpu_kernels=false`.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -55,8 +56,12 @@ def _scaled_mask(keep: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.
     ints = _SAME_WIDTH_INT.get(dtype)
     if ints is None:
         return keep.to(dtype).mul_(scale)
-    bits = int(torch.tensor(scale, dtype=dtype).view(ints))
-    return (keep.to(ints) * bits).view(dtype)
+    return (keep.to(ints) * _bits(scale, dtype)).view(dtype)
+
+
+@functools.cache
+def _bits(value: float, dtype: torch.dtype) -> int:
+    return int(torch.tensor(value, dtype=dtype).view(_SAME_WIDTH_INT[dtype]))
 
 
 class FastDropout(nn.Dropout):
