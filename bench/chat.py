@@ -22,12 +22,13 @@ VALIDATION = 32
 BATCH = 8
 
 
-def config(size: int):
+def config(size: int, device: str = "cpu"):
     from tunelab.config.load import load_config
 
     return load_config("chat-chitchat-smollm2", {
         "data": {"max_train_samples": size, "max_eval_samples": VALIDATION},
-        "train": {"epochs": 1},
+        # The recipe's 512-token pieces are a CPU setting (README: leave it unset on GPUs).
+        "train": {"epochs": 1, "device": device, **({"max_batch_tokens": None} if device == "cuda" else {})},
         "output": {"dir": scratch_dir() + "/run"},
     })
 
@@ -52,18 +53,18 @@ def validation_loss(model, cfg, convs) -> float:
     return task.teacher_forced_loss(model, tok, enc, 8, "fp32")["loss"]
 
 
-def run_tunelab(size: int) -> dict:
+def run_tunelab(size: int, device: str = "cpu") -> dict:
     from tunelab.runs.rundir import RunDir
     from tunelab.train.loop import LoopHooks, fit, set_seed
     from tunelab.train.precision import resolve_precision
     from tunelab.workflows.common import build_model
 
-    cfg = config(size)
+    cfg = config(size, device)
     set_seed(cfg.seed)
     splits, convs = data(cfg)
     task, tok, model, method = build_model(cfg, [])
     train = task.encode(tok, convs["train"], cfg)
-    precision = resolve_precision(cfg.train.precision, "cpu")
+    precision = resolve_precision(cfg.train.precision, device)
     trained, loss_tokens = [], [0]
 
     def collate(idx):
@@ -80,7 +81,7 @@ def run_tunelab(size: int) -> dict:
     return record("tunelab", precision, model, trained, loss_tokens[0], state["step"], state["train_seconds"], val, splits)
 
 
-def run_trl(size: int) -> dict:
+def run_trl(size: int, device: str = "cpu") -> dict:
     """Written as a user following the trl SFTTrainer + PEFT docs would."""
     from datasets import Dataset
     from peft import LoraConfig
@@ -96,7 +97,7 @@ def run_trl(size: int) -> dict:
         output_dir=scratch_dir(), per_device_train_batch_size=BATCH, num_train_epochs=1, learning_rate=5e-4,
         weight_decay=0.01, lr_scheduler_type="cosine", warmup_steps=round(0.05 * steps), max_grad_norm=1.0,
         max_length=cfg.model.max_length, seed=SEED, eval_strategy="no", save_strategy="no", report_to="none",
-        disable_tqdm=True, use_cpu=True)
+        disable_tqdm=True, use_cpu=device == "cpu")
     peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM",
                              target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
@@ -122,4 +123,4 @@ def record(impl, precision, model, lengths, loss_tokens, steps, seconds, val_los
 
 
 if __name__ == "__main__":
-    main(__doc__, ["trl", "tunelab"], lambda impl, size: (run_trl if impl == "trl" else run_tunelab)(size))
+    main(__doc__, ["trl", "tunelab"], lambda impl, size, device: (run_trl if impl == "trl" else run_tunelab)(size, device))

@@ -1,4 +1,4 @@
-"""Helpers every workload script shares: threads, peak RSS, versions, the JSON record, FLOP counts."""
+"""Helpers every workload script shares: threads, peak memory, versions, the JSON record, FLOP counts."""
 
 from __future__ import annotations
 
@@ -16,11 +16,15 @@ from pathlib import Path
 SEED = 42
 
 
-def setup(threads: int = 2) -> None:
-    """Same thread count on both sides: the physical cores of this machine (one torch process at a time)."""
+def setup(device: str, threads: int = 2) -> None:
+    """Same thread count on both sides: the physical cores of this machine (one torch process at a time).
+    On CUDA the host threads are left to torch's default, and asking for a GPU torch cannot see fails."""
     import torch
 
-    torch.set_num_threads(threads)
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: torch sees no CUDA GPU on this machine")
+    if device == "cpu":
+        torch.set_num_threads(threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -45,11 +49,16 @@ def parser(description: str, impls: list[str]) -> argparse.ArgumentParser:
     p.add_argument("--impl", choices=impls, required=True)
     p.add_argument("--size", type=int, required=True, help="training examples (or prompts)")
     p.add_argument("--out", type=Path, help="write the JSON record here (else stdout)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where both sides train (default: cpu)")
     return p
 
 
 def emit(record: dict, out: Path | None) -> None:
     record.setdefault("peak_rss_mb", round(peak_rss_mb(), 1))
+    if record.get("device") == "cuda":
+        import torch
+
+        record.setdefault("peak_gpu_mb", round(torch.cuda.max_memory_allocated() / 2**20, 1))
     text = json.dumps(record, indent=1)
     if out:
         out.write_text(text)
@@ -66,9 +75,10 @@ def scratch_dir() -> str:
 def main(doc: str, impls: list[str], run) -> None:
     """Command line of a workload script: run one configuration, time the whole process, emit the record."""
     args = parser(doc.splitlines()[0], impls).parse_args()
-    setup()
+    setup(args.device)
     with Timer() as wall:
-        rec = run(args.impl, args.size)
+        rec = run(args.impl, args.size, args.device)
+    rec["device"] = args.device
     rec["wall_seconds"] = round(wall.seconds, 2)
     emit(rec, args.out)
 

@@ -32,17 +32,17 @@ def prompts_and_model(size: int, cpu_kernels: bool = True):
     return cfg, tok, model, prompts, refs
 
 
-def run(impl: str, size: int) -> dict:
+def run(impl: str, size: int, device: str = "cpu") -> dict:
     from tunelab.tasks.generation import generate_texts, generation_kwargs
     from tunelab.train.precision import resolve_precision
 
     # The loop is what a user writes with plain transformers: stock attention and ops.
     cfg, tok, model, prompts, refs = prompts_and_model(size, cpu_kernels=impl == "tunelab")
-    model.eval()
+    model.to(device).eval()
     gen = cfg.generate
     budget = cfg.model.max_length - gen.max_new_tokens
     if impl == "tunelab":
-        precision = resolve_precision(cfg.train.precision, "cpu")
+        precision = resolve_precision(cfg.train.precision, device)
         with Timer() as t:
             outputs = generate_texts(model, tok, prompts, gen, seq2seq=False, precision=precision,
                                      max_length=cfg.model.max_length)
@@ -52,7 +52,7 @@ def run(impl: str, size: int) -> dict:
         outputs = []
         with Timer() as t, torch.no_grad():
             for p in prompts:
-                enc = tok(p, return_tensors="pt", truncation=True, max_length=budget, add_special_tokens=False)
+                enc = tok(p, return_tensors="pt", truncation=True, max_length=budget, add_special_tokens=False).to(device)
                 ids = model.generate(**enc, max_new_tokens=gen.max_new_tokens, do_sample=False,
                                      pad_token_id=tok.pad_token_id)
                 outputs.append(tok.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip())

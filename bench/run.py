@@ -5,6 +5,7 @@ bench/results/<workload>.json and the table bench/results/README.md (median and 
     python -m bench.run                       # everything (make bench)
     python -m bench.run --workload sentiment  # one workload (chunks for a shared machine)
     python -m bench.run --quick               # tiny sizes, 1 repeat: checks the suite works (make bench-quick)
+    python -m bench.run --device cuda         # both sides on the CUDA GPU: results in bench/results/cuda/
 """
 
 from __future__ import annotations
@@ -42,28 +43,30 @@ def child(module: str, *args: str, baseline: bool = False) -> dict:
     raise RuntimeError(f"{module} {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
 
 
-def run_workload(name: str, repeats: int, quick: bool, only_sizes: list[int] | None, previous: dict | None) -> dict:
+def run_workload(name: str, repeats: int, quick: bool, only_sizes: list[int] | None, previous: dict | None,
+                 device: str = "cpu") -> dict:
     module, baseline, sizes, quick_sizes = WORKLOADS[name]
     sizes = only_sizes or (quick_sizes if quick else sizes)
     # --size reruns some sizes and keeps the other sizes' records (and GEMM peaks) of the previous result.
     records = [r for r in (previous or {}).get("records", []) if r["size"] not in sizes]
-    gemm = [*(previous or {}).get("gemm", []), child("bench.gemm")] if records else [child("bench.gemm")]
+    on = ["--device", device]
+    gemm = [*(previous or {}).get("gemm", []), child("bench.gemm", *on)] if records else [child("bench.gemm", *on)]
     for rep in range(repeats):
         for size in sizes:
             # Alternate which side goes first so slow drifts of the shared machine hit both alike.
             for impl in ([baseline, "tunelab"] if rep % 2 == 0 else ["tunelab", baseline]):
                 t0 = time.time()
-                rec = child(module, "--impl", impl, "--size", str(size), baseline=impl == baseline)
+                rec = child(module, "--impl", impl, "--size", str(size), *on, baseline=impl == baseline)
                 rec["repeat"] = rep
                 records.append(rec)
                 print(f"  {name} {impl:8s} size {size:5d} rep {rep}: {rec['examples_per_s']:.2f} ex/s, "
                       f"{rec['tokens_per_s']:.1f} tok/s, {rec['peak_rss_mb']:.0f} MB ({time.time() - t0:.0f} s)", flush=True)
-    gemm.append(child("bench.gemm"))
+    gemm.append(child("bench.gemm", *on))
     peak = {p: max(g[p] for g in gemm) * 1e9 for p in ("fp32", "bf16")}
     for rec in records:
         if "flops_per_s" in rec:
             rec["mfu"] = rec["flops_per_s"] / peak[rec["precision"] if rec["precision"] in peak else "fp32"]
-    return {"workload": name, "baseline": baseline, "repeats": repeats, "quick": quick, "gemm": gemm,
+    return {"workload": name, "baseline": baseline, "device": device, "repeats": repeats, "quick": quick, "gemm": gemm,
             "gemm_peak_gflops": {k: v / 1e9 for k, v in peak.items()}, "records": records,
             "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
 
@@ -75,14 +78,16 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat, results not written over")
     p.add_argument("--size", type=int, action="append", help="run only this data size (repeatable), merged into "
                    "the existing results: splits a long workload into chunks")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where both sides run; CUDA results go "
+                   "to their own folder")
     args = p.parse_args()
-    out_dir = RESULTS / "quick" if args.quick else RESULTS
+    out_dir = (RESULTS / "cuda" if args.device == "cuda" else RESULTS) / ("quick" if args.quick else "")
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in args.workload or list(WORKLOADS):
         print(f"{name}:", flush=True)
         path = out_dir / f"{name}.json"
         previous = json.loads(path.read_text()) if args.size and path.exists() else None
-        result = run_workload(name, 1 if args.quick else args.repeats, args.quick, args.size, previous)
+        result = run_workload(name, 1 if args.quick else args.repeats, args.quick, args.size, previous, args.device)
         path.write_text(json.dumps(result, indent=1))
     write_readme(out_dir)
     print(f"results in {out_dir}")

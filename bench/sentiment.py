@@ -20,30 +20,30 @@ VALIDATION = 500
 BATCH = 32
 
 
-def config(size: int):
+def config(size: int, device: str = "cpu"):
     from tunelab.config.load import load_config
 
     return load_config("sentiment-lora", {
         "data": {"max_train_samples": size, "max_eval_samples": VALIDATION},
-        "train": {"epochs": 1, "early_stopping_patience": None},
+        "train": {"epochs": 1, "early_stopping_patience": None, "device": device},
         "output": {"dir": scratch_dir() + "/run"},
     })
 
 
-def run_tunelab(size: int) -> dict:
+def run_tunelab(size: int, device: str = "cpu") -> dict:
     from tunelab.data import load_splits
     from tunelab.runs.rundir import RunDir
     from tunelab.train.loop import LoopHooks, fit, set_seed
     from tunelab.train.precision import resolve_precision
     from tunelab.workflows.common import build_model
 
-    cfg = config(size)
+    cfg = config(size, device)
     set_seed(cfg.seed)
     splits = load_splits(cfg.data, cfg.task)
     task, tok, model, method = build_model(cfg, splits.labels)
     train = task.encode(tok, splits.train, splits.labels, cfg.model.max_length)
     val = task.encode(tok, splits.validation, splits.labels, cfg.model.max_length)
-    precision = resolve_precision(cfg.train.precision, "cpu")
+    precision = resolve_precision(cfg.train.precision, device)
     metrics: dict = {}
     trained: list[int] = []
 
@@ -63,7 +63,7 @@ def run_tunelab(size: int) -> dict:
     return record("tunelab", precision, model, trained, state["step"], state["train_seconds"], metrics, splits)
 
 
-def run_hf(size: int) -> dict:
+def run_hf(size: int, device: str = "cpu") -> dict:
     """Written as a user following the transformers + peft sequence-classification docs would."""
     import torch
     from datasets import Dataset
@@ -94,7 +94,7 @@ def run_hf(size: int) -> dict:
         output_dir=scratch_dir(), per_device_train_batch_size=BATCH, num_train_epochs=1, learning_rate=1e-3,
         weight_decay=0.01, lr_scheduler_type="linear", warmup_steps=round(0.06 * steps), max_grad_norm=1.0,
         seed=SEED, eval_strategy="no", save_strategy="no", report_to="none", logging_steps=10**6,
-        disable_tqdm=True, use_cpu=True)
+        disable_tqdm=True, use_cpu=device == "cpu")
 
     clock = step_clock()
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=DataCollatorWithPadding(tok),
@@ -119,4 +119,4 @@ def record(impl, precision, model, lengths, steps, seconds, metrics, splits) -> 
 
 
 if __name__ == "__main__":
-    main(__doc__, ["hf", "tunelab"], lambda impl, size: (run_hf if impl == "hf" else run_tunelab)(size))
+    main(__doc__, ["hf", "tunelab"], lambda impl, size, device: (run_hf if impl == "hf" else run_tunelab)(size, device))

@@ -48,3 +48,20 @@ def test_encoding_and_unseen_test_labels(tmp_path):
 
 def test_eval_of_a_folder_that_is_not_a_run(tmp_path):
     _one_line_error(run_cli("eval", str(tmp_path)), r"is not a tunelab run folder")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error where no GPU is visible")
+def test_cuda_asked_for_without_a_gpu_fails_before_a_run_folder(tmp_path):
+    out = tmp_path / "run"
+    _one_line_error(run_cli("train", *TINY, "train.device=cuda", f"output.dir={out}"),
+                    r"train.device=cuda but torch sees no CUDA GPU.*set train.device=cpu or auto")
+    assert not out.exists()
+
+
+def test_device_resolution():
+    import torch
+
+    from tunelab.train.precision import resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")

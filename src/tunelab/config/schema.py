@@ -127,6 +127,8 @@ class TrainConfig(Section):
     early_stopping_patience: int | None = Field(None, ge=1)
     metric_for_best: str | None = Field(None, description="default: macro_f1 (classification), loss (generative)")
     threads: int | None = Field(None, ge=1, description="torch threads; default: physical cores")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where the model trains and is evaluated; auto: the CUDA GPU when torch sees one, else the CPU")
 
 
 class EvalConfig(Section):

@@ -29,7 +29,7 @@ from tunelab.train.checkpoint import (
     save_checkpoint,
     trainable_state,
 )
-from tunelab.train.precision import resolve_precision, training_weights
+from tunelab.train.precision import resolve_device, resolve_precision, training_weights
 
 
 @dataclass
@@ -74,7 +74,7 @@ def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def make_accelerator(cfg: TrainConfig) -> tuple[Accelerator, str]:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     acc = Accelerator(cpu=device == "cpu", mixed_precision={"fp32": "no"}.get(precision, precision))
     return acc, precision

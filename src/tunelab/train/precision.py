@@ -1,5 +1,5 @@
-"""Pick the compute precision: bf16 autocast where the hardware does bf16 natively, else fp32.
-Master weights and optimizer state always stay fp32."""
+"""Pick the hardware side of a run: the device, and the compute precision (bf16 autocast where the
+hardware does bf16 natively, else fp32). Master weights and optimizer state always stay fp32."""
 
 from __future__ import annotations
 
@@ -22,6 +22,22 @@ def cpu_has_bf16() -> bool:
     except OSError:
         pass
     return False
+
+
+def resolve_device(requested: str = "auto") -> str:
+    """`train.device` -> "cuda" or "cpu". Asking for CUDA where torch sees none is an error, not a silent
+    CPU run (a benchmark or a time estimate would be wrong without anyone noticing)."""
+    if requested == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if requested == "cuda":
+        from tunelab.errors import TunelabError
+
+        build = f"a CPU-only build ({torch.__version__})" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+        raise TunelabError(f"train.device=cuda but torch sees no CUDA GPU (torch is {build}); "
+                           "set train.device=cpu or auto, or install a CUDA build of torch on a GPU machine")
+    return "cpu"
 
 
 def resolve_precision(requested: str, device: torch.device | str) -> str:

@@ -7,7 +7,6 @@ import shutil
 import time
 
 import numpy as np
-import torch
 
 from tunelab import __version__
 from tunelab.config.schema import RunConfig
@@ -21,7 +20,7 @@ from tunelab.runs.report import results_table, write_report
 from tunelab.runs.rundir import RunDir
 from tunelab.train.checkpoint import latest_checkpoint
 from tunelab.train.loop import LoopHooks, fit, load_best, set_seed
-from tunelab.train.precision import resolve_precision
+from tunelab.train.precision import resolve_device, resolve_precision
 from tunelab.workflows.common import build_model, length_stats, peak_rss_mb, print_notes, setup_threads
 
 
@@ -33,7 +32,8 @@ def train(cfg: RunConfig | None = None, *, resume: str | None = None, overwrite:
         if run.complete:
             raise TunelabError(f"run '{resume}' is already complete; evaluate it with `tunelab eval {resume}`")
         cfg = run.config()
-    else:
+    resolve_device(cfg.train.device)  # a missing GPU fails here, before a run folder is made
+    if not resume:
         run = RunDir.create(cfg, overwrite=overwrite)
     console.print(f"[bold]Run[/] {run.path}  (recipe '{cfg.name}', task '{cfg.task.type}', method '{cfg.method.name}', "
                   f"seed {cfg.seed})")
@@ -68,8 +68,8 @@ def train_classification(cfg: RunConfig, run: RunDir, *, resume: bool) -> None:
     stats = length_stats(enc["train"].lengths, cfg.model.max_length)
     console.print(f"Train lengths (tokens): mean {stats['mean']}, p50 {stats['p50']}, p95 {stats['p95']}, "
                   f"max {stats['max']}, truncated {stats['truncated_percent']}%")
-    precision = resolve_precision(cfg.train.precision, "cuda" if torch.cuda.is_available() else "cpu")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
     model.to(device)
 
     def evaluate(split: str, desc: str) -> dict:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
 
 from tunelab import __version__
 from tunelab.config.schema import RunConfig
@@ -18,7 +17,7 @@ from tunelab.runs.io import atomic_write_json
 from tunelab.runs.report import results_table, write_report
 from tunelab.runs.rundir import RunDir
 from tunelab.train.loop import LoopHooks, load_best
-from tunelab.train.precision import resolve_precision
+from tunelab.train.precision import resolve_device, resolve_precision
 from tunelab.workflows.common import build_model, length_stats, peak_rss_mb, print_notes
 from tunelab.workflows.train import fit_or_explain, save_adapter
 
@@ -53,7 +52,7 @@ def train_generative(cfg: RunConfig, run: RunDir, *, resume: bool) -> None:
     stats = length_stats(enc["train"].lengths, cfg.model.max_length)
     console.print(f"Train lengths (tokens): mean {stats['mean']}, p50 {stats['p50']}, p95 {stats['p95']}, "
                   f"max {stats['max']}; {enc['train'].truncated} examples cut to model.max_length")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     model.to(device)
 
