@@ -40,15 +40,20 @@ def padded_batch():
     return ids, mask
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16, torch.float64])  # fused, fused, numpy, numpy
 @pytest.mark.parametrize("p", [0.1, 0.5])
-def test_fast_dropout_rate_scale_and_seed(p):
-    x = torch.rand(1000, 1000) + 1.0  # no zeros of its own
+def test_fast_dropout_rate_scale_and_seed(p, dtype):
+    x = (torch.rand(1000, 1000) + 1.0).to(dtype)  # no zeros of its own
     torch.manual_seed(3)
     y = ck.fast_dropout(x, p)
+    assert y.dtype == dtype
     dropped = (y == 0).float().mean().item()
     assert abs(dropped - p) < 0.003  # 1e6 draws: sd ~0.0005
     kept = y != 0
-    torch.testing.assert_close(y[kept], x[kept] / (1 - p))
+    if dtype == torch.bfloat16:  # scaled in float32 and rounded once, as torch's bf16 multiply by a scalar
+        assert torch.equal(y[kept], (x[kept].float() * (1 / (1 - p))).to(dtype))
+    else:
+        torch.testing.assert_close(y[kept], x[kept] / (1 - p))
     torch.manual_seed(3)
     assert torch.equal(ck.fast_dropout(x, p), y)  # torch.manual_seed makes it repeatable
     assert not torch.equal(ck.fast_dropout(x, p), y)
@@ -61,6 +66,27 @@ def test_fast_dropout_gradient_uses_the_same_mask():
     y.sum().backward()
     assert torch.equal(x.grad != 0, y != 0)
     torch.testing.assert_close(x.grad[y != 0], torch.full_like(x.grad[y != 0], 1 / 0.7))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_dropout_keeps_no_mask_and_recomputes_it_in_backward(dtype):
+    from tunelab.models.dropout_kernel import apply_mask
+
+    x = torch.randn(37, 53, dtype=dtype).add_(5.0).requires_grad_(True)  # 1961 elements: a partial last block
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
+        y = ck.fast_dropout(x, 0.25)
+    assert packed == []  # nothing kept for backward: the mask comes back from the seed
+    g = torch.randn_like(y)
+    y.backward(g)
+    assert torch.equal(x.grad != 0, y != 0)
+    scale = torch.tensor(1 / 0.75, dtype=torch.float32)
+    assert torch.equal(x.grad[y != 0], (g[y != 0].float() * scale).to(dtype))
+    # The same seed gives the same mask for any element type and for a strided view of the same values.
+    a, b = apply_mask(torch.ones(1961), 0.25, 7), apply_mask(torch.ones(1961, dtype=torch.bfloat16), 0.25, 7)
+    assert torch.equal(a != 0, b != 0) and not torch.equal(a != 0, apply_mask(torch.ones(1961), 0.25, 8) != 0)
+    t = torch.randn(53, 37).t()
+    assert torch.equal(apply_mask(t, 0.25, 7), apply_mask(t.contiguous(), 0.25, 7))
 
 
 def test_use_cpu_kernels_keeps_modes_outputs_and_saved_config(tmp_path):

@@ -1,9 +1,10 @@
 """Two CPU hot spots that torch 2.13 handles slowly, replaced with the same maths (profiled in bench/):
 
 - Dropout: `bernoulli_` draws one random number per element serially (~46 ns each here); on MiniLM LoRA
-  training it took 36% of every step. `fast_dropout` draws 64 random bits per 4 elements instead
-  (~15x faster) and keeps an element when its 16-bit word clears the threshold, so the
-  drop probability is p rounded to 1/65536.
+  training it took 36% of every step. `fast_dropout` keeps an element when a 16-bit random word clears
+  the threshold, so the drop probability is p rounded to 1/65536. For bf16 and float32 it is one fused
+  pass (`dropout_kernel.py`, ~10x faster again, no mask kept for backward); other dtypes build the mask
+  from numpy's bulk random bits.
 - Attention: a decode step (one query token per sequence, padded KV cache) through transformers' SDPA
   path took ~2.6 ms per layer call for SmolLM2 at batch 8 (68% of the step), because the KV heads are
   repeated for every query head. `cpu_attention` folds the query heads that share a KV head into
@@ -38,10 +39,14 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tens
         return x
     if x.device.type != "cpu" or p >= 1.0:
         return nn.functional.dropout(x, p, training)
-    n = x.numel()
-    # The bits come from numpy's SFC64 (2x torch.randint's speed here), seeded by one draw from torch's
-    # generator, so torch.manual_seed still makes a run repeatable.
+    # Seeded by one draw from torch's generator, so torch.manual_seed still makes a run repeatable.
     seed = int(torch.randint(0, 2**62, ()))
+    if x.dtype in (torch.bfloat16, torch.float32):
+        from tunelab.models.dropout_kernel import FusedDropout  # numba: imported on the first training step only
+
+        return FusedDropout.apply(x, p, seed)
+    n = x.numel()
+    # The bits come from numpy's SFC64 (2x torch.randint's speed here).
     words = torch.from_numpy(np.random.SFC64(seed).random_raw(-(-n // _WORDS)).view(np.int16)[:n])
     keep = words.view(x.shape) >= round(p * 65536) - 32768  # P(drop) = round(p * 65536) / 65536
     return x * _scaled_mask(keep, 1.0 / (1.0 - p), x.dtype)
@@ -135,6 +140,14 @@ def widen_kernel_caches(shapes: int = 1024) -> None:
     for var in KERNEL_CACHE_VARS:
         if var not in USER_KERNEL_CACHE:
             os.environ[var] = str(shapes)
+
+
+def prepare_dropout(model: nn.Module) -> None:
+    """Before CPU training: load the fused dropout kernels if the model has dropout to run."""
+    if any(isinstance(m, FastDropout) and m.p > 0 for m in model.modules()):
+        from tunelab.models.dropout_kernel import warm
+
+        warm()
 
 
 def use_cpu_kernels(model: nn.Module) -> nn.Module:

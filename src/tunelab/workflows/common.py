@@ -12,11 +12,11 @@ import torch
 from tunelab.config.schema import RunConfig
 from tunelab.console import console, status
 from tunelab.errors import TunelabError
-from tunelab.models.cpu_kernels import use_cpu_kernels, widen_kernel_caches
+from tunelab.models.cpu_kernels import prepare_dropout, use_cpu_kernels, widen_kernel_caches
 from tunelab.methods import get_method
 from tunelab.runs.rundir import RunDir
 from tunelab.tasks import get_task
-from tunelab.train.precision import default_threads, resolve_precision
+from tunelab.train.precision import default_threads, resolve_device, resolve_precision
 
 
 def setup_threads(cfg: RunConfig) -> None:
@@ -38,6 +38,8 @@ def build_model(cfg: RunConfig, labels: list[str]):
     model = method.apply(model, head_modules=task.head_modules(model), peft_task_type=task.peft_task_type)
     if cfg.model.cpu_kernels:
         use_cpu_kernels(model)  # again: the method may have added dropout modules (LoRA's)
+        if resolve_device(cfg.train.device) == "cpu":
+            prepare_dropout(model)
     if cfg.train.gradient_checkpointing:
         if not getattr(model, "supports_gradient_checkpointing", False):
             raise TunelabError(f"model '{cfg.model.name}' does not support gradient checkpointing; "
