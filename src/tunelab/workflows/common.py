@@ -33,12 +33,16 @@ def build_model(cfg: RunConfig, labels: list[str]):
     if cfg.train.packing and task.type != "classification":
         widen_kernel_caches()  # before any GEMM runs: packed rows repeat their shapes
     method = get_method(cfg.method.name)(cfg.method)
+    device = resolve_device(cfg.train.device)
+    load_kwargs = method.model_load_kwargs()
+    if "device_map" in load_kwargs:  # a quantized base (QLoRA) is placed while it loads: on the run's device
+        load_kwargs["device_map"] = device
     with status(f"Loading {cfg.model.name}"):
-        tok, model = task.load(cfg.model, labels, **method.model_load_kwargs())
+        tok, model = task.load(cfg.model, labels, **load_kwargs)
     model = method.apply(model, head_modules=task.head_modules(model), peft_task_type=task.peft_task_type)
     if cfg.model.cpu_kernels:
         use_cpu_kernels(model)  # again: the method may have added dropout modules (LoRA's)
-        if resolve_device(cfg.train.device) == "cpu":
+        if device == "cpu":
             prepare_dropout(model)
     if cfg.train.gradient_checkpointing:
         if not getattr(model, "supports_gradient_checkpointing", False):
