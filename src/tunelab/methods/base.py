@@ -51,9 +51,10 @@ class Method:
         raise TunelabError(f"method '{self.name}' cannot be merged into the base weights")
 
     # -- optional hooks (defaults do nothing); each is called from exactly one place ------------
-    def model_load_kwargs(self) -> dict:
-        """Extra `from_pretrained` kwargs for the base model (qlora: its quantization config).
-        Called by the workflows before the base is loaded, for training and for reloading."""
+    def model_load_kwargs(self, device: str | None = None) -> dict:
+        """Extra `from_pretrained` kwargs for the base model (qlora: its quantization config and placement
+        on `device`, default: the GPU when one is visible). Called by the workflows before the base is
+        loaded, for training (with the run's device) and for reloading."""
         return {}
 
     def optimizer_groups(self, model: nn.Module, weight_decay: float, lr: float) -> list[dict] | None:

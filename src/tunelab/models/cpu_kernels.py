@@ -42,7 +42,7 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tens
     # Seeded by one draw from torch's generator, so torch.manual_seed still makes a run repeatable.
     seed = int(torch.randint(0, 2**62, ()))
     if x.dtype in (torch.bfloat16, torch.float32):
-        from tunelab.models.dropout_kernel import FusedDropout  # numba: imported on the first training step only
+        from tunelab.models.dropout_kernel import FusedDropout  # numba: imported only where dropout runs
 
         return FusedDropout.apply(x, p, seed)
     n = x.numel()

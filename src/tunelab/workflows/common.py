@@ -34,11 +34,8 @@ def build_model(cfg: RunConfig, labels: list[str]):
         widen_kernel_caches()  # before any GEMM runs: packed rows repeat their shapes
     method = get_method(cfg.method.name)(cfg.method)
     device = resolve_device(cfg.train.device)
-    load_kwargs = method.model_load_kwargs()
-    if "device_map" in load_kwargs:  # a quantized base (QLoRA) is placed while it loads: on the run's device
-        load_kwargs["device_map"] = device
     with status(f"Loading {cfg.model.name}"):
-        tok, model = task.load(cfg.model, labels, **load_kwargs)
+        tok, model = task.load(cfg.model, labels, **method.model_load_kwargs(device))
     model = method.apply(model, head_modules=task.head_modules(model), peft_task_type=task.peft_task_type)
     if cfg.model.cpu_kernels:
         use_cpu_kernels(model)  # again: the method may have added dropout modules (LoRA's)

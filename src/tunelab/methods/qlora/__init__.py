@@ -33,7 +33,7 @@ class QLoraMethod(LoraMethod):
     why_not_mergeable = ("merging into a 4/8-bit base re-quantizes it and loses the adapter's precision; "
                          "load the adapter on a full-precision base (method lora) to merge")
 
-    def model_load_kwargs(self) -> dict:
+    def model_load_kwargs(self, device: str | None = None) -> dict:
         try:
             from transformers import BitsAndBytesConfig
             import bitsandbytes  # noqa: F401
@@ -47,7 +47,7 @@ class QLoraMethod(LoraMethod):
                                    llm_int8_skip_modules=FRESH_MODULES)
         else:
             q = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=FRESH_MODULES)
-        return {"quantization_config": q, "device_map": "cuda" if torch.cuda.is_available() else "cpu"}
+        return {"quantization_config": q, "device_map": device or ("cuda" if torch.cuda.is_available() else "cpu")}
 
     def apply(self, model, *, head_modules, peft_task_type):
         no_cpu_repacking(model)
