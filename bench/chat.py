@@ -34,51 +34,47 @@ def config(size: int, device: str = "cpu"):
 
 
 def data(cfg):
-    from tunelab.data.generative import load_generative_splits
-    from tunelab.tasks import get_task
+    from tunelab.tasks import make_task
 
-    splits = load_generative_splits(cfg.data, cfg.task.type)
-    task = get_task(cfg.task.type)
-    return splits, {s: task.conversations(getattr(splits, s), cfg) for s in ("train", "validation")}
+    task = make_task(cfg)
+    splits = task.load_splits()
+    return splits, {s: task.conversations(getattr(splits, s)) for s in ("train", "validation")}
 
 
 def validation_loss(model, cfg, convs) -> float:
-    from tunelab.tasks import get_task
-    from tunelab.models.catalog import resolve_model
     from transformers import AutoTokenizer
 
-    task = get_task(cfg.task.type)
-    tok = AutoTokenizer.from_pretrained(resolve_model(cfg.model.name))
-    enc = task.encode(tok, convs, cfg)
-    return task.teacher_forced_loss(model, tok, enc, 8, "fp32")["loss"]
+    from tunelab.models.catalog import resolve_model
+    from tunelab.tasks import make_task
+
+    task = make_task(cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"batch_size": 8})}))
+    task.tok = AutoTokenizer.from_pretrained(resolve_model(cfg.model.name))
+    task.seq2seq = False
+    return task.teacher_forced_loss(model, task.encode(convs))["loss"]
 
 
 def run_tunelab(size: int, device: str = "cpu") -> dict:
-    from tunelab.runs.rundir import RunDir
-    from tunelab.train.loop import LoopHooks, fit, set_seed
-    from tunelab.train.precision import resolve_precision
-    from tunelab.workflows.common import build_model
+    from bench.sentiment import session_fit
+    from tunelab.session import Session
 
     cfg = config(size, device)
-    set_seed(cfg.seed)
-    splits, convs = data(cfg)
-    task, tok, model, method = build_model(cfg, [])
-    train = task.encode(tok, convs["train"], cfg)
-    precision = resolve_precision(cfg.train.precision, device)
-    trained, loss_tokens = [], [0]
+    session = Session.from_config(cfg, overwrite=True)
+    session.prepare()
+    task, trained, loss_tokens = session.task, [], [0]
+    train = task.enc["train"]
+    hooks = session.hooks()
+    collate = hooks.collate
 
-    def collate(idx):
+    def count(idx):
         trained.extend(int(train.lengths[i]) for i in idx)
         loss_tokens[0] += sum(sum(1 for t in train.labels[i][1:] if t != -100) for i in idx)
-        return task.collate(tok, train, idx, packing=cfg.train.packing, max_length=cfg.model.max_length)
+        return collate(idx)
 
-    hooks = LoopHooks(
-        batches=lambda epoch: task.batches(train, cfg.train.batch_size, np.random.default_rng([cfg.seed, epoch]),
-                                           cfg.train.group_by_length and not cfg.train.packing),
-        collate=collate, loss=task.loss, weight=task.loss_weight, validate=lambda m: {"loss": 0.0})
-    state = fit(model, cfg.train, hooks, RunDir.create(cfg), method=method)
-    val = validation_loss(model, cfg, convs["validation"])
-    return record("tunelab", precision, model, trained, loss_tokens[0], state["step"], state["train_seconds"], val, splits)
+    hooks.collate, hooks.validate = count, lambda m: {"loss": 0.0}
+    state = session_fit(session, hooks)
+    val = validation_loss(session.model, cfg, task.convs["validation"])
+    return record("tunelab", session.precision, session.model, trained, loss_tokens[0], state["step"],
+                  state["train_seconds"], val, session.splits)
 
 
 def run_trl(size: int, device: str = "cpu") -> dict:

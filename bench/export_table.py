@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.common import machine
 from tunelab.data import load_splits
 from tunelab.export.folder import folder_mb
 from tunelab.export.quantize import load_export, state_mb
 from tunelab.metrics.classification import classification_metrics
-from tunelab.workflows.common import load_run
+from tunelab.session import Predictor
 from tunelab.workflows.export import export_run
 
 RESULTS = Path(__file__).parent / "results"
@@ -53,7 +54,7 @@ def median_ms(fn, repeats: int) -> float:
 def predictor(name: str, folder: Path | None, run: str):
     """(tokenizer, texts -> logits numpy) for one variant."""
     if name == "adapter":
-        lr = load_run(run)
+        lr = Predictor.from_run(run)
         tok, model = lr.tokenizer, lr.model
     elif name == "onnx":
         import onnxruntime as ort
@@ -79,10 +80,10 @@ def predictor(name: str, folder: Path | None, run: str):
 
 
 def classify(variants: list[str], run: str, work: Path, limit: int | None) -> dict:
-    lr_cfg = load_run(run)  # labels + config; freed below
+    lr_cfg = Predictor.from_run(run)  # labels + config; freed below
     cfg, labels = lr_cfg.cfg, lr_cfg.labels
     del lr_cfg
-    test = load_splits(cfg.data, cfg.task).test
+    test = load_splits(cfg.data, cfg.task.labels).test
     if limit:
         test = test.sample(limit, random_state=0)
     texts = test["text"].tolist()
@@ -135,7 +136,7 @@ def chat(run: str, work: Path, max_new_tokens: int) -> dict:
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(THREADS)
-    lr = load_run(run)
+    lr = Predictor.from_run(run)
     tok = lr.tokenizer
     prompts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
                for p in CHAT_PROMPTS]
@@ -171,13 +172,20 @@ def chat(run: str, work: Path, max_new_tokens: int) -> dict:
     return res
 
 
+def cpu_line(cpu) -> str:
+    """A machine() record (older results: the model name alone) as text."""
+    if isinstance(cpu, dict):
+        return f"{cpu['cpu']} ({' '.join(cpu['cpu_flags']) or 'no AVX2'}, {cpu['cores']} cores)"
+    return str(cpu)
+
+
 def write_markdown(data: dict) -> None:
     lines = ["# Export: size, latency and accuracy per format (measured)", ""]
     c = data.get("classify", {})
     if c:
         meta = data.get("classify_meta", {})
         lines += [f"Run `{meta.get('run')}` (MiniLM + LoRA, 3-class tweet sentiment), {meta.get('test')}; "
-                  f"CPU: {meta.get('cpu')}, {THREADS} threads. Latency: median over repeats of one forward pass "
+                  f"CPU: {cpu_line(meta.get('cpu'))}, {THREADS} threads. Latency: median over repeats of one forward pass "
                   "including tokenization (batch of 32 test texts: 5 repeats; one text: 20 repeats).", "",
                   "| variant | size on disk (MiB) | ms / batch of 32 | ms / single text | accuracy | macro-F1 | note |",
                   "|---|---:|---:|---:|---:|---:|---|"]
@@ -217,7 +225,7 @@ def main() -> None:
     path = RESULTS / "export.json"
     data = json.loads(path.read_text()) if path.is_file() else {}
     work = Path(a.work)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    cpu = machine()
     if a.part == "classify":
         run = a.run or SENTIMENT
         data.setdefault("classify", {}).update(classify(a.variants.split(","), run, work, a.limit))

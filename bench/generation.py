@@ -17,15 +17,13 @@ from bench.common import Timer, main, versions
 
 def prompts_and_model(size: int, cpu_kernels: bool = True):
     from tunelab.config.load import load_config
-    from tunelab.data.generative import load_generative_splits
-    from tunelab.tasks import get_task
+    from tunelab.tasks import make_task
     from tunelab.tasks.prompts import Renderer
 
     cfg = load_config("summarize-aclsum-smollm2", {"model": {"cpu_kernels": cpu_kernels}})
-    splits = load_generative_splits(cfg.data, cfg.task.type)
-    task = get_task(cfg.task.type)
-    convs = task.conversations(splits.test, cfg)[:size]
-    tok, model = task.load(cfg.model)
+    task = make_task(cfg)
+    convs = task.conversations(task.load_splits().test)[:size]
+    tok, model = task.load_model()
     renderer = Renderer(tok, task.seq2seq)
     prompts = [renderer.render(c[:-1], add_generation_prompt=True) for c in convs]
     refs = [c[-1]["content"] for c in convs]
@@ -34,7 +32,7 @@ def prompts_and_model(size: int, cpu_kernels: bool = True):
 
 def run(impl: str, size: int, device: str = "cpu") -> dict:
     from tunelab.tasks.generation import generate_texts, generation_kwargs
-    from tunelab.train.precision import resolve_precision
+    from tunelab.runtime import resolve_precision
 
     # The loop is what a user writes with plain transformers: stock attention and ops.
     cfg, tok, model, prompts, refs = prompts_and_model(size, cpu_kernels=impl == "tunelab")

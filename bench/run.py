@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.common import machine
 from bench.table import write_readme
 
 ROOT = Path(__file__).resolve().parent
@@ -68,7 +69,7 @@ def run_workload(name: str, repeats: int, quick: bool, only_sizes: list[int] | N
             rec["mfu"] = rec["flops_per_s"] / peak[rec["precision"] if rec["precision"] in peak else "fp32"]
     return {"workload": name, "baseline": baseline, "device": device, "repeats": repeats, "quick": quick, "gemm": gemm,
             "gemm_peak_gflops": {k: v / 1e9 for k, v in peak.items()}, "records": records,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+            "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
 
 
 def main() -> None:

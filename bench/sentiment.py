@@ -31,36 +31,32 @@ def config(size: int, device: str = "cpu"):
 
 
 def run_tunelab(size: int, device: str = "cpu") -> dict:
-    from tunelab.data import load_splits
-    from tunelab.runs.rundir import RunDir
-    from tunelab.train.loop import LoopHooks, fit, set_seed
-    from tunelab.train.precision import resolve_precision
-    from tunelab.workflows.common import build_model
+    from tunelab.session import Session
 
-    cfg = config(size, device)
-    set_seed(cfg.seed)
-    splits = load_splits(cfg.data, cfg.task)
-    task, tok, model, method = build_model(cfg, splits.labels)
-    train = task.encode(tok, splits.train, splits.labels, cfg.model.max_length)
-    val = task.encode(tok, splits.validation, splits.labels, cfg.model.max_length)
-    precision = resolve_precision(cfg.train.precision, device)
-    metrics: dict = {}
-    trained: list[int] = []
+    session = Session.from_config(config(size, device), overwrite=True)
+    session.prepare()  # the task's split, model + method, tokenized; as `tunelab train` does
+    task, trained, metrics = session.task, [], {}
+    hooks = session.hooks()
+    collate, validate = hooks.collate, hooks.validate
 
-    def collate(idx):
-        trained.extend(int(train.lengths[i]) for i in idx)
-        return task.collate(tok, train, idx)
+    def count(idx):
+        trained.extend(int(task.enc["train"].lengths[i]) for i in idx)
+        return collate(idx)
 
-    def validate(m):
-        metrics.update(task.evaluate(m, tok, val, splits.labels, cfg.eval.batch_size, precision))
-        return metrics
+    hooks.collate = count
+    hooks.validate = lambda m: metrics.update(validate(m)) or metrics
+    state = session_fit(session, hooks)
+    return record("tunelab", session.precision, session.model, trained, state["step"], state["train_seconds"], metrics,
+                  session.splits)
 
-    hooks = LoopHooks(
-        batches=lambda epoch: task.batches(train, cfg.train.batch_size, np.random.default_rng([cfg.seed, epoch]),
-                                           cfg.train.group_by_length),
-        collate=collate, loss=task.loss, validate=validate, metric="macro_f1", higher_is_better=True)
-    state = fit(model, cfg.train, hooks, RunDir.create(cfg), method=method)
-    return record("tunelab", precision, model, trained, state["step"], state["train_seconds"], metrics, splits)
+
+def session_fit(session, hooks) -> dict:
+    """The Session's loop with its standard callbacks, on hooks that count what they see."""
+    from tunelab.train.callbacks import run_callbacks
+    from tunelab.train.loop import fit
+
+    callbacks = run_callbacks(session.run_dir, session.cfg.train, session.metric)
+    return fit(session.model, session.cfg.train, hooks, callbacks, method=session.method)
 
 
 def run_hf(size: int, device: str = "cpu") -> dict:
@@ -76,7 +72,7 @@ def run_hf(size: int, device: str = "cpu") -> dict:
     from tunelab.tasks.classification import ClassificationTask
 
     cfg = config(size)
-    splits = load_splits(cfg.data, cfg.task)
+    splits = load_splits(cfg.data, cfg.task.labels)
     labels = splits.labels
     path = resolve_model("minilm")
     tok = AutoTokenizer.from_pretrained(path)

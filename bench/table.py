@@ -42,6 +42,8 @@ def workload_section(res: dict) -> list[str]:
     sizes = sorted({r["size"] for r in recs})
     cols = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in recs)]
     lines = [f"## {name} (baseline: {base}; {res['repeats']} repeats, interleaved; {res['date']})", "",
+             *([f"Machine: {res['machine']['cpu']}, flags {' '.join(res['machine']['cpu_flags'])}, "
+                f"{res['machine']['cores']} cores.", ""] if res.get("machine") else []),
              "| size | side | precision | steps | " + " | ".join(c[1] for c in cols) + " |",
              "|---|---|---|---|" + "---|" * len(cols)]
     for size in sizes:

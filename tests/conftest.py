@@ -55,6 +55,15 @@ def tiny_run(tmp_path_factory) -> Path:
     return out
 
 
+def bound_task(cfg, tok):
+    """The config's task unit with its tokenizer set, as the Session binds it."""
+    from tunelab.tasks import make_task
+
+    task = make_task(cfg)
+    task.tok = tok
+    return task
+
+
 def read_summary(run: Path) -> dict:
     return json.loads((run / "summary.json").read_text())
 

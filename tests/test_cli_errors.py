@@ -61,7 +61,7 @@ def test_cuda_asked_for_without_a_gpu_fails_before_a_run_folder(tmp_path):
 def test_device_resolution():
     import torch
 
-    from tunelab.train.precision import resolve_device
+    from tunelab.runtime import resolve_device
 
     assert resolve_device("cpu") == "cpu"
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")

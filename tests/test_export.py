@@ -20,8 +20,8 @@ from conftest import run_cli
 from tunelab.errors import TunelabError
 from tunelab.export.quantize import load_export
 from tunelab.models.catalog import resolve_model
-from tunelab.workflows.common import load_run
-from tunelab.workflows.export import PROBES, export_run
+from tunelab.session import Predictor
+from tunelab.workflows.export import export_run
 
 TEXTS = ["I love this so much", "worst service ever, never again", "the bus leaves at noon", "meh"]
 
@@ -34,8 +34,8 @@ def logits(model, tok, texts=TEXTS):
 
 @pytest.fixture(scope="module")
 def unmerged(tiny_run):
-    lr = load_run(str(tiny_run))
-    return logits(lr.model, lr.tokenizer)
+    p = Predictor.from_run(str(tiny_run))
+    return logits(p.model, p.tokenizer)
 
 
 PLAIN_LOAD = """
@@ -196,12 +196,13 @@ def test_generative_export_generates_what_the_unmerged_run_generates(tmp_path):
     out = tmp_path / "merged"
     rec = export_run(str(run), merge=True, out=str(out))
     assert rec["auto_class"] == "AutoModelForCausalLM" and (out / "generation_config.json").is_file()
-    lr = load_run(str(run))
-    prompts = PROBES[:3]
-    lr.tokenizer.padding_side = "left"
-    enc = lr.tokenizer(prompts, padding=True, return_tensors="pt")
+    p = Predictor.from_run(str(run))
+    prompts = p.task.probe_inputs(3)  # the run's own test questions, as the model reads them
+    assert len(prompts) == 3 and rec["check"]["inputs"] > 0
+    p.tokenizer.padding_side = "left"
+    enc = p.tokenizer(prompts, padding=True, return_tensors="pt")
     with torch.no_grad():
-        ref = lr.model.generate(**enc, max_new_tokens=6, do_sample=False)[:, enc["input_ids"].shape[1]:].tolist()
+        ref = p.model.generate(**enc, max_new_tokens=6, do_sample=False)[:, enc["input_ids"].shape[1]:].tolist()
     assert plain_load(out, "AutoModelForCausalLM", prompts)["out"] == ref
     with pytest.raises(TunelabError, match="--onnx exports classification models only"):
         export_run(str(run), merge=True, onnx=True, out=str(tmp_path / "x"))

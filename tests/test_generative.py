@@ -9,14 +9,14 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
-from conftest import read_summary, run_cli
+from conftest import bound_task, read_summary, run_cli
 from tunelab.config import load_config
 from tunelab.config.schema import GenerateConfig
 from tunelab.models.catalog import resolve_model
-from tunelab.tasks import get_task
+from tunelab.tasks import make_task
 from tunelab.tasks.generation import generate_texts
 from tunelab.tasks.generative import IGNORE, pack_examples
-from tunelab.tasks.prompts import PLAIN_USER, Renderer, row_to_conversation
+from tunelab.tasks.prompts import PLAIN_USER, Renderer
 
 CONV = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello! How can I help?"},
         {"role": "user", "content": "Tell me a joke"}, {"role": "assistant", "content": "Why did the chicken cross?"}]
@@ -64,18 +64,17 @@ def test_plain_template_for_models_without_one(smol_tok):
 
 def test_flan_style_instruction_prefixes():
     cfg = load_config(None, ["task.type=translation", "task.source_lang=English", "task.target_lang=Spanish"])
-    conv = row_to_conversation({"source": "Hello", "target": "Hola"}, cfg.task)
+    conv = make_task(cfg).conversation({"source": "Hello", "target": "Hola"})
     assert conv[0]["content"] == "translate English to Spanish: Hello" and conv[1]["content"] == "Hola"
     cfg = load_config(None, ["task.type=qa"])
-    assert row_to_conversation({"question": "Why?", "context": "Because.", "answer": "x"}, cfg.task)[0]["content"] == \
+    assert make_task(cfg).conversation({"question": "Why?", "context": "Because.", "answer": "x"})[0]["content"] == \
         "question: Why? context: Because."
 
 
 def test_loss_only_on_replies_and_every_reply_ends_in_eos(smol_tok, tiny_llama):
     cfg = load_config(None, [f"model.name={tiny_llama}", "task.type=chat", "model.max_length=256"])
-    task = get_task("chat")
-    task.seq2seq = False
-    enc = task.encode(smol_tok, [CONV], cfg)
+    task = bound_task(cfg, smol_tok)
+    enc = task.encode([CONV])
     ids, labels = enc.input_ids[0], enc.labels[0]
     trained = [t for t, lab in zip(ids, labels) if lab != IGNORE]
     assert smol_tok.decode(trained) == "Hello! How can I help?<|im_end|>\nWhy did the chicken cross?<|im_end|>\n"
@@ -86,10 +85,10 @@ def test_loss_only_on_replies_and_every_reply_ends_in_eos(smol_tok, tiny_llama):
 
 def test_k_shot_context_is_not_trained(smol_tok):
     cfg = load_config(None, ["task.type=chat", "model.max_length=512"])
-    task = get_task("chat")
+    task = bound_task(cfg, smol_tok)
     shot = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
-    plain = task.encode(smol_tok, [CONV[:2]], cfg)
-    shot_enc = task.encode(smol_tok, [CONV[:2]], cfg, context=shot)
+    plain = task.encode([CONV[:2]])
+    shot_enc = task.encode([CONV[:2]], context=shot)
     assert len(shot_enc.input_ids[0]) > len(plain.input_ids[0])
     assert sum(lab != IGNORE for lab in shot_enc.labels[0]) == sum(lab != IGNORE for lab in plain.labels[0])
 
@@ -98,9 +97,9 @@ def test_packing_keeps_examples_apart(tiny_llama, smol_tok):
     """Packed rows give each example exactly the logits and loss it has alone."""
     model = LlamaForCausalLM.from_pretrained(tiny_llama).eval()
     cfg = load_config(None, ["task.type=chat", "model.max_length=256"])
-    task = get_task("chat")
+    task = bound_task(cfg, smol_tok)
     convs = [CONV[:2], CONV, [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y z"}]]
-    enc = task.encode(smol_tok, convs, cfg)
+    enc = task.encode(convs)
     packed = pack_examples(enc.input_ids, enc.labels, row_len=256, pad_id=smol_tok.pad_token_id)
     assert packed["input_ids"].shape[0] == 1  # all three fit one row
     with torch.no_grad():
@@ -117,7 +116,7 @@ def test_packing_keeps_examples_apart(tiny_llama, smol_tok):
             total_nll += float(torch.nn.functional.cross_entropy(alone[:-1][mask], lab[mask], reduction="sum"))
             total_n += int(mask.sum())
             at += n
-        packed_loss = get_task("chat").loss(model, packed)
+        packed_loss = task.loss(model, packed)
     assert float(packed_loss) == pytest.approx(total_nll / total_n, rel=1e-4)
 
 
@@ -137,10 +136,10 @@ def test_lm_head_on_reply_positions_only_gives_the_full_logits_loss_and_gradient
             torch.nn.init.normal_(p, std=0.1)
     assert keeps_logits(model)
     cfg = load_config(None, ["task.type=chat", "model.max_length=256"])
-    task = get_task("chat")
+    task = bound_task(cfg, smol_tok)
     convs = [CONV[:2], CONV, [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y z"}]]
-    enc = task.encode(smol_tok, convs, cfg)
-    for batch in (task.collate(smol_tok, enc, [0, 1, 2]), task.collate(smol_tok, enc, [0, 1, 2], packing=True, max_length=256)):
+    enc = task.encode(convs)
+    for batch in (task.collate([0, 1, 2], enc, packing=False), task.collate([0, 1, 2], enc, packing=True)):
         ours = task.loss(model, batch)
         ours.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -150,7 +149,8 @@ def test_lm_head_on_reply_positions_only_gives_the_full_logits_loss_and_gradient
         assert float(ours.detach()) == pytest.approx(float(full.detach()), rel=1e-5)
         assert grads and all(torch.allclose(grads[n], p.grad, atol=1e-6) for n, p in model.named_parameters() if p.grad is not None)
         model.zero_grad()
-    val = task.teacher_forced_loss(model, smol_tok, enc, 2, "fp32")["loss"]
+    task.cfg.eval.batch_size = 2
+    val = task.teacher_forced_loss(model, enc)["loss"]
     with torch.no_grad():
         nll, count = 0.0, 0
         for i in range(3):
@@ -169,8 +169,8 @@ def test_prompt_learning_and_adalora_keep_the_full_logits_path(tiny_llama, smol_
     from tunelab.tasks.generative import keeps_logits
 
     cfg = load_config(None, ["task.type=chat", "model.max_length=256"])
-    task = get_task("chat")
-    batch = task.collate(smol_tok, task.encode(smol_tok, [CONV[:2], CONV], cfg), [0, 1])
+    task = bound_task(cfg, smol_tok)
+    batch = task.collate([0, 1], task.encode([CONV[:2], CONV]), packing=False)
     for peft_cfg in (PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"),
                      AdaLoraConfig(r=4, target_modules=["q_proj"], total_step=10, task_type="CAUSAL_LM")):
         model = get_peft_model(LlamaForCausalLM.from_pretrained(tiny_llama), peft_cfg)
@@ -274,10 +274,8 @@ def test_history_is_trimmed_to_the_context_window(smol_tok):
 
 
 def test_minilm_bert2bert_warm_start_trains_its_cross_attention():
-    from tunelab.config.schema import ModelConfig
-
-    task = get_task("summarization")
-    tok, model = task.load(ModelConfig(name="minilm-bert2bert"))
+    task = make_task(load_config(None, ["task.type=summarization", "model.name=minilm-bert2bert"]))
+    tok, model = task.load_model()
     assert task.seq2seq and task.peft_task_type == "SEQ_2_SEQ_LM"
     assert len([m for m in task.new_modules if m.endswith("crossattention")]) == 6  # one per decoder layer
     assert model.generation_config.decoder_start_token_id == tok.cls_token_id

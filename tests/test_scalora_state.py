@@ -14,8 +14,8 @@ from transformers import BertConfig, BertForSequenceClassification
 from tunelab.config.schema import TrainConfig
 from tunelab.methods.scalora import ScaLoraConfig, ScaLoraLinear, ScaLoraMethod
 from tunelab.runs.rundir import RunDir
-from tunelab.train.checkpoint import trainable_state
-from tunelab.train.loop import LoopHooks, fit, load_best
+from tunelab.train.callbacks import load_best, run_callbacks
+from tunelab.train.loop import LoopHooks, fit
 
 torch.set_num_threads(1)
 
@@ -81,7 +81,7 @@ def test_best_folder_and_adapter_hold_the_model_as_at_the_best_step(tmp_path):
         seen.append((probe_logits(m), merged(m).clone()))
         return {"score": scores[len(seen) - 1], "loss": 0.0}
 
-    state = fit(model, CFG, hooks(validate), new_run(tmp_path / "run"), method=method)
+    state = fit(model, CFG, hooks(validate), run_callbacks(new_run(tmp_path / "run"), CFG, "score"), method=method)
     assert state["best_step"] == 6 and state["step"] == 16
     at_best, merged_at_best = seen[2]
     assert float(merged_at_best.abs().max()) > 0            # a merge (before step 4) is part of the best model
@@ -104,21 +104,21 @@ def test_resume_after_a_merge_matches_an_uninterrupted_run(tmp_path):
 
     full_model, full_method = scalora_model()
     full = new_run(tmp_path / "full")
-    a = fit(full_model, CFG, hooks(validate), full, method=full_method)
+    a = fit(full_model, CFG, hooks(validate), run_callbacks(full, CFG, "score"), method=full_method)
 
     cut_model, cut_method = scalora_model()
     cut = new_run(tmp_path / "cut")
     with pytest.raises(KeyboardInterrupt):  # dies during step 9: the last checkpoint is step 8, after merges at 4 and 7
-        fit(cut_model, CFG, hooks(validate, crash_at_step=9), cut, method=cut_method)
+        fit(cut_model, CFG, hooks(validate, crash_at_step=9), run_callbacks(cut, CFG, "score"), method=cut_method)
     assert float(merged(cut_model).abs().max()) > 0
 
     resumed_model, resumed_method = scalora_model()  # a fresh process would rebuild the model like this
-    b = fit(resumed_model, CFG, hooks(validate), cut, resume=True, method=resumed_method)
+    b = fit(resumed_model, CFG, hooks(validate), run_callbacks(cut, CFG, "score", resume=True), method=resumed_method)
 
     assert a["step"] == b["step"] == 16 and a["best_step"] == b["best_step"]
     losses = lambda run: [(r["step"], r["loss"]) for r in run.metrics() if r["split"] == "train"]  # noqa: E731
     assert losses(full) == losses(cut)
-    ta, tb = trainable_state(full_model, full_method), trainable_state(resumed_model, resumed_method)
+    ta, tb = full_method.trainable_state(full_model), resumed_method.trainable_state(resumed_model)
     assert ta.keys() == tb.keys() and any(k.endswith(".merged") for k in ta)
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
     best_a = (full.best_dir / "model.safetensors").read_bytes()

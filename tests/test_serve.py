@@ -122,15 +122,14 @@ def test_openai_client_completions_and_raw_sse(server):
 
 def test_classify_picks_the_adapter_named_by_model(server, tiny_run, second_run):
     """Both adapters share one base in the server; each answers what its run alone answers."""
-    from tunelab.workflows.common import load_run
-    from tunelab.workflows.evaluate import predict_texts
+    from tunelab.session import Predictor
 
     got = {}
     for name, run in (("cls-a", tiny_run), ("cls-b", second_run)):
         r = post(server, "/v1/classify", {"model": name, "texts": TWEETS})
         assert r.status_code == 200, r.text
         got[name] = r.json()["predictions"]
-        expected = predict_texts(load_run(str(run)), TWEETS)
+        expected = Predictor.from_run(str(run)).predict(TWEETS)
         for g, e in zip(got[name], expected):
             assert g["label"] == e["label"] and g["scores"] == pytest.approx(e["scores"], abs=1e-4)
             assert set(g["scores"]) == {"negative", "neutral", "positive"}

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunelab.config.schema import ModelConfig
 from tunelab.models.catalog import cache_dir, resolve_model
-from tunelab.tasks import get_task
+from tunelab.tasks import make_task
 
 
 def test_gguf_converted_once_and_loads_with_plain_transformers():
@@ -34,8 +34,11 @@ def test_gguf_converted_once_and_loads_with_plain_transformers():
 
 
 def test_decoder_classification_head_on_smollm2():
-    task = get_task("classification")
-    tok, model = task.load(ModelConfig(name="smollm2-135m-instruct"), ["neg", "pos"])
+    from tunelab.config import load_config
+
+    task = make_task(load_config(None))
+    task.labels = ["neg", "pos"]
+    tok, model = task.load_model(ModelConfig(name="smollm2-135m-instruct"))
     assert task.head_modules(model) == ["score"] and tok.pad_token is not None
     batch = tok(["good", "a much longer bad sentence"], return_tensors="pt", padding=True)
     with torch.no_grad():

@@ -9,7 +9,7 @@ import copy
 import pytest
 
 from tunelab.config import load_config
-from tunelab.tasks import get_task
+from conftest import bound_task
 
 CONVS = [
     [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello! How can I help?"},
@@ -31,7 +31,7 @@ def entries(cache) -> list:
 
 def encode(tok, convs=CONVS, *overrides):
     cfg = load_config(None, ["task.type=chat", "model.max_length=64", *overrides])
-    return get_task("chat").encode(tok, convs, cfg)
+    return bound_task(cfg, tok).encode(convs)
 
 
 def test_second_encode_reads_the_stored_ids(smol_tok, cache, monkeypatch):

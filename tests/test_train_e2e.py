@@ -47,11 +47,10 @@ def test_plain_peft_load_gives_the_same_predictions_as_tunelab_predict(tiny_run)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from tunelab.models import resolve_model
-    from tunelab.workflows.common import load_run
-    from tunelab.workflows.evaluate import predict_texts
+    from tunelab.session import Predictor
 
     texts = ["I love this new phone, it is brilliant", "worst service ever, never again", "the bus comes at nine"]
-    ours = predict_texts(load_run(str(tiny_run)), texts)
+    ours = Predictor.from_run(str(tiny_run)).predict(texts)
 
     adapter = tiny_run / "adapter"
     labels = json.loads((adapter / "labels.json").read_text())

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Annotated, Optional
 
-import logging
-import warnings
+import typer
+from rich.table import Table
 
-# bitsandbytes' CPU backend tries to fetch an optional kernel from the hub at import and logs a
-# warning when it cannot (always, offline); its built-in CPU kernels are used either way.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Library deprecation chatter (transformers 5 / peft) says nothing actionable to a tunelab user.
-warnings.filterwarnings("ignore", category=FutureWarning)
-warnings.filterwarnings("ignore", category=DeprecationWarning)
-
-import typer  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from tunelab.console import console  # noqa: E402
-from tunelab.errors import TunelabError  # noqa: E402
+from tunelab.console import console
+from tunelab.errors import TunelabError
 
 app = typer.Typer(
     help="Adapt pretrained language models to real tasks, measure before vs after, ship the result.",
@@ -85,22 +73,21 @@ def predict(
     text_column: Annotated[Optional[str], typer.Option(help="column of --file holding the text")] = None,
 ):
     """Predict labels (classification) or generate outputs (generative runs) for texts with a finished run."""
-    from tunelab.workflows.common import load_run
-    from tunelab.workflows.evaluate import predict_file, predict_texts
+    from tunelab.workflows.evaluate import load_predictor, predict_file
 
     if not texts and not file:
         raise TunelabError('give texts (tunelab predict RUN "some text") or --file in.csv --out out.csv')
     if file and not out:
         raise TunelabError("--file needs --out PATH for the predictions")
-    lr = load_run(run)
+    predictor = load_predictor(run)
     if file:
-        n = predict_file(lr, file, out, text_column)
+        n = predict_file(predictor, file, out, text_column)
         console.print(f"Wrote {n} predictions to {out}")
     if texts:
         table = Table(header_style="bold")
         table.add_column("text")
-        preds = predict_texts(lr, texts)
-        if lr.cfg.task.type != "classification":
+        preds = predictor.predict(texts, desc="Predicting")
+        if predictor.kind == "generation":
             table.add_column("output")
             for p in preds:
                 table.add_row(p["text"], p["output"])
@@ -228,7 +215,7 @@ def params(
     r: Annotated[int, typer.Option(help="rank for --shape")] = 8,
 ):
     """Trainable vs total parameters of a model + method (or of LoRA on one matrix with --shape)."""
-    from tunelab.methods.params import lora_matrix_params, parameter_table
+    from tunelab.workflows.params import lora_matrix_params, parameter_table
 
     if shape:
         try:
@@ -246,6 +233,11 @@ def params(
 
 
 def main() -> None:
+    from tunelab.console import quiet_libraries
+    from tunelab.models.cpu_kernels import cap_kernel_caches
+
+    quiet_libraries()
+    cap_kernel_caches()  # before the first GEMM of the process (models/cpu_kernels.py)
     try:
         app()
     except TunelabError as e:

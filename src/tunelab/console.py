@@ -36,8 +36,12 @@ def progress() -> Progress:
 
 
 @contextlib.contextmanager
-def task_bar(description: str, total: int | None) -> Iterator[callable]:
-    """Yield `advance(n=1, info="")`; the bar shows elapsed time and ETA."""
+def task_bar(description: str | None, total: int | None) -> Iterator[callable]:
+    """Yield `advance(n=1, info="")`; the bar shows elapsed time and ETA. No description: no bar (the
+    inference layer's request path, other processes than the main one)."""
+    if description is None:
+        yield lambda n=1, info=None: None
+        return
     with progress() as p:
         tid = p.add_task(description, total=total, info="")
 
@@ -55,3 +59,19 @@ def status(message: str) -> Iterator[None]:
     """Spinner for steps with no known length (loading weights)."""
     with console.status(f"[bold blue]{message}"):
         yield
+
+
+def quiet_libraries() -> None:
+    """For the CLI and its worker processes (never on `import tunelab`): library chatter that says
+    nothing actionable to a tunelab user is muted."""
+    import logging
+    import os
+    import warnings
+
+    # bitsandbytes' CPU backend tries to fetch an optional kernel from the hub at import and logs a
+    # warning when it cannot (always, offline); its built-in CPU kernels are used either way.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Library deprecation chatter (transformers 5 / peft).
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)

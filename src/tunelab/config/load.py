@@ -10,7 +10,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from tunelab.config.schema import MethodConfig, RunConfig
+from tunelab.config.schema import MethodConfig, RunConfig, TaskConfig
+from tunelab.config.sections import KINDS, section_classes
+from tunelab.console import console
 from tunelab.errors import TunelabError
 
 DEFAULT_RECIPE = "sentiment-lora"
@@ -86,32 +88,64 @@ def read_recipe(recipe: str | Path | None) -> tuple[dict, str]:
 def load_config(recipe: str | Path | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
     raw, _ = read_recipe(recipe)
     if overrides:
-        raw = _merge(raw, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
+        extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+        raw = _merge(_switched(raw, extra), extra)
     return validate_config(raw)
 
 
-def validate_config(raw: dict) -> RunConfig:
-    from tunelab.methods import get_method, method_names
+def _switched(raw: dict, extra: dict) -> dict:
+    """An override that picks another method or task (`method.name=nblora`) keeps the recipe's keys the
+    new unit shares and drops the rest with one note line; the override's own keys are checked as
+    usual, so one the new unit lacks is still an error."""
+    raw = copy.deepcopy(raw)
+    for kind, key in KINDS.items():
+        new = (extra.get(kind) or {}).get(key) if isinstance(extra.get(kind), dict) else None
+        old_section = raw.get(kind)
+        if new is None or not isinstance(old_section, dict) or old_section.get(key, _default_of(kind)) == new:
+            continue
+        cls = section_classes(kind).get(new)
+        if cls is None:
+            continue  # validation names the unknown choice
+        dropped = [k for k in old_section if k != key and k not in cls.model_fields]
+        raw[kind] = {k: v for k, v in old_section.items() if k not in dropped}
+        if dropped:
+            console.print(f"[dim]note:[/] {kind}.{key}={new}: dropped the recipe's {', '.join(f'{kind}.{k}' for k in dropped)} "
+                          f"(not keys of '{new}')")
+    return raw
 
+
+def _default_of(kind: str) -> str:
+    return {"method": MethodConfig, "task": TaskConfig}[kind]().model_dump()[KINDS[kind]]
+
+
+def validate_config(raw: dict) -> RunConfig:
     raw = copy.deepcopy(raw)
     raw.pop("compare", None)  # the `tunelab compare` section (workflows/compare.py); train ignores it
-    method_raw = raw.get("method") or {}
-    if not isinstance(method_raw, dict):
-        raise TunelabError("method: must be a section such as {name: lora, r: 8}")
-    name = method_raw.get("name", MethodConfig().name)
-    try:
-        method_cls = get_method(name).config_cls
-    except KeyError:
-        raise TunelabError(_unknown_choice("method.name", name, method_names())) from None
-    try:
-        method_cfg = method_cls.model_validate(method_raw)
-    except ValidationError as e:
-        raise TunelabError(_explain(e, method_cls, prefix="method.")) from None
-    raw["method"] = method_cfg
+    for kind, base in (("method", MethodConfig), ("task", TaskConfig)):
+        raw[kind] = _section(kind, raw.get(kind), base)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
         raise TunelabError(_explain(e, RunConfig)) from None
+
+
+def _section(kind: str, value, base: type[BaseModel]) -> BaseModel:
+    """The plug-in section `kind` validated by the class its name/type picks."""
+    key = KINDS[kind]
+    value = value if value is not None else {}
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    if not isinstance(value, dict):
+        raise TunelabError(f"{kind}: must be a section such as {{{key}: {base().model_dump()[key]}}}")
+    name = value.get(key, base().model_dump()[key])
+    classes = section_classes(kind)
+    if name not in classes:
+        raise TunelabError(_unknown_choice(f"{kind}.{key}", name, sorted(classes)))
+    cls = classes[name]
+    try:
+        return cls.model_validate(value)
+    except ValidationError as e:
+        raise TunelabError(_explain(e, cls, prefix=f"{kind}.")) from None
 
 
 def _unknown_choice(key: str, value: Any, choices: list[str]) -> str:

@@ -1,8 +1,8 @@
 """The one validated config schema. Every section rejects unknown keys (`extra="forbid"`); the loader
 turns pydantic's errors into a one-line message that suggests the closest valid key.
 
-Method sections are defined next to each method (tunelab/methods/<name>/) and looked up by
-`method.name`, so adding a method never touches this file.
+Method and task sections are defined next to each unit (tunelab/methods/<name>/, tunelab/tasks/<name>/)
+and looked up by `method.name` and `task.type` (config/sections.py), so adding one never touches this file.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ class DataConfig(Section):
     format: Literal["auto", "csv", "jsonl", "json", "parquet"] = "auto"
     encoding: str = "utf-8"
     text_column: str = "text"
+    text_pair_column: str | None = Field(None, description="text-pair tasks: the column holding the second text "
+                                         "(an answer, a hypothesis) beside data.text_column")
     label_column: str = "label"
     columns: dict[str, str] = Field(
         default_factory=dict,
@@ -65,18 +67,10 @@ class DataConfig(Section):
         return self
 
 
-TASK_TYPES = ("classification", "summarization", "qa", "translation", "chat")
-
-
 class TaskConfig(Section):
-    type: Literal["classification", "summarization", "qa", "translation", "chat"] = "classification"
-    labels: list[str] | None = Field(None, description="label order; default: sorted names from train")
-    prompt: str | None = Field(
-        None, description="instruction template with {source} / {question} / {context} fields; default per task"
-    )
-    system_prompt: str | None = Field(None, description="chat models: system message for every conversation")
-    source_lang: str = "English"
-    target_lang: str = "Spanish"
+    """Base of every task's section; subclasses live in tunelab/tasks/<name>/, picked by `task.type`."""
+
+    type: str = "classification"
 
 
 class GenerateConfig(Section):
@@ -125,7 +119,8 @@ class TrainConfig(Section):
     save_every_steps: int | None = Field(None, ge=1, description="default: once per epoch")
     keep_checkpoints: int = Field(2, ge=1)
     early_stopping_patience: int | None = Field(None, ge=1)
-    metric_for_best: str | None = Field(None, description="default: macro_f1 (classification), loss (generative)")
+    metric_for_best: str | None = Field(None, description="validation metric that picks the best checkpoint; default: the task's own "
+                                  "(macro_f1 for classification, loss for generative tasks)")
     threads: int | None = Field(None, ge=1, description="torch threads; default: physical cores")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where the model trains and is evaluated; auto: the CUDA GPU when torch sees one, else the CPU")
@@ -151,7 +146,7 @@ class RunConfig(Section):
     seed: int = 42
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
-    task: TaskConfig = TaskConfig()
+    task: SerializeAsAny[TaskConfig] = TaskConfig()
     method: SerializeAsAny[MethodConfig] = MethodConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()

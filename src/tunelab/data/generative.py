@@ -5,6 +5,7 @@ random with `data.split.seed` (stratifying free text makes no sense)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pandas as pd
 from sklearn.model_selection import train_test_split
@@ -15,16 +16,7 @@ from tunelab.data.files import read_table
 from tunelab.data.splits import Splits, subsample
 from tunelab.errors import TunelabError
 
-FIELDS = {
-    "summarization": ("source", "target"),
-    "translation": ("source", "target"),
-    "qa": ("question", "answer"),
-    "chat": ("messages",),
-}
-OPTIONAL = {"qa": ("context",)}
-
-
-def _answers(value) -> list[str]:
+def answers_list(value) -> list[str]:
     """SQuAD-style answers ({"text": [...]}, a list, or one string) -> list of strings."""
     if isinstance(value, dict):
         value = value.get("text", [])
@@ -33,7 +25,8 @@ def _answers(value) -> list[str]:
     return [str(v) for v in value if str(v).strip()] if value is not None else []
 
 
-def _messages(value) -> list[dict]:
+def messages_list(value) -> list[dict]:
+    """A chat row's messages (a list, or JSON text in CSV files) -> [{role, content}, ...]."""
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -44,48 +37,48 @@ def _messages(value) -> list[dict]:
     return [{"role": str(m["role"]), "content": str(m["content"])} for m in value]
 
 
-def _prepare(df: pd.DataFrame, task: str, columns: dict[str, str], source: str) -> pd.DataFrame:
-    need, optional = FIELDS[task], OPTIONAL.get(task, ())
+def map_columns(df: pd.DataFrame, need: tuple[str, ...], optional: tuple[str, ...], columns: dict[str, str],
+                source: str) -> pd.DataFrame:
+    """Rename the user's columns to the task's fields (`data.columns`); fail on a missing needed field."""
     rename = {}
-    for field in (*need, *optional, *(("answers",) if task == "qa" else ())):
-        col = columns.get(field, field)
+    for name in (*need, *optional):
+        col = columns.get(name, name)
         if col in df.columns:
-            rename[col] = field
+            rename[col] = name
     df = df.rename(columns=rename)
-    if task == "qa" and "answer" not in df.columns and "answers" in df.columns:
-        df = df.assign(answer=df["answers"].map(lambda a: (_answers(a) or [""])[0]))
     missing = [f for f in need if f not in df.columns]
     if missing:
         cols = ", ".join(map(str, df.columns[:12]))
         raise TunelabError(f"{source} has no column for '{missing[0]}' (it has: {cols}); "
                            f"map it with data.columns.{missing[0]}=<your column>")
-    if task == "chat":
-        df = df.assign(messages=df["messages"].map(_messages))
-        df = df[df["messages"].map(lambda m: len(m) >= 2 and m[-1]["role"] == "assistant")]
-        df = df.assign(references=df["messages"].map(lambda m: [m[-1]["content"]]))
-    else:
-        keep = [f for f in (*need, *optional) if f in df.columns]
-        extra = ["answers"] if "answers" in df.columns else []
-        df = df[keep + extra + (["split"] if "split" in df.columns else [])].copy()
-        for f in keep:
-            df[f] = df[f].fillna("").astype(str).str.strip()
-        df = df[(df[list(need)] != "").all(axis=1)]
-        if task == "qa":
-            refs = df["answers"].map(_answers) if "answers" in df.columns else df["answer"].map(lambda a: [a])
-            df = df.assign(references=[r or [a] for r, a in zip(refs, df["answer"])])
-        else:
-            df = df.assign(references=df["target"].map(lambda t: [t]))
-    df = df.reset_index(drop=True)
-    if df.empty:
-        raise TunelabError(f"{source} has no usable rows for task '{task}' (all empty)")
     return df
+
+
+def text_fields(df: pd.DataFrame, need: tuple[str, ...], optional: tuple[str, ...] = (), keep: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The task's text fields only (plus `keep` and a `split` column), stripped; rows with an empty
+    needed field dropped."""
+    fields = [f for f in (*need, *optional) if f in df.columns]
+    extra = [c for c in (*keep, "split") if c in df.columns]
+    df = df[fields + extra].copy()
+    for f in fields:
+        df[f] = df[f].fillna("").astype(str).str.strip()
+    return df[(df[list(need)] != "").all(axis=1)]
 
 
 def _sample(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
     return df if n is None or n >= len(df) else df.sample(n=n, random_state=seed).reset_index(drop=True)
 
 
-def load_generative_splits(cfg: DataConfig, task: str) -> Splits:
+def load_generative_splits(cfg: DataConfig, task: str, prepare: Callable[[pd.DataFrame, dict, str], pd.DataFrame]) -> Splits:
+    """Splits of a generative task's data. `prepare(df, columns, source)` is the task's own: it maps the
+    columns onto its fields and adds `references` (the task unit knows its fields)."""
+
+    def _prepare(df: pd.DataFrame, columns: dict, source: str) -> pd.DataFrame:
+        df = prepare(df, columns, source).reset_index(drop=True)
+        if df.empty:
+            raise TunelabError(f"{source} has no usable rows for task '{task}' (all empty)")
+        return df
+
     notes: list[str] = []
     seed = cfg.split.seed
     if cfg.name:
@@ -98,14 +91,14 @@ def load_generative_splits(cfg: DataConfig, task: str) -> Splits:
         entry = DATASETS[cfg.name]
         if entry.task != task:
             raise TunelabError(f"dataset '{cfg.name}' is for task '{entry.task}', not '{task}'; set task.type={entry.task}")
-        frames = {"all": _prepare(entry.load(), task, {}, f"dataset '{cfg.name}'")}
+        frames = {"all": _prepare(entry.load(), {}, f"dataset '{cfg.name}'")}
     elif cfg.path:
-        frames = {"all": _prepare(read_table(cfg.path, cfg.format, cfg.encoding), task, cfg.columns, f"'{cfg.path}'")}
+        frames = {"all": _prepare(read_table(cfg.path, cfg.format, cfg.encoding), cfg.columns, f"'{cfg.path}'")}
     else:
         frames = {}
         for split, path in (("train", cfg.train_path), ("validation", cfg.validation_path), ("test", cfg.test_path)):
             if path:
-                frames[split] = _prepare(read_table(path, cfg.format, cfg.encoding), task, cfg.columns, f"'{path}'")
+                frames[split] = _prepare(read_table(path, cfg.format, cfg.encoding), cfg.columns, f"'{path}'")
 
     if "all" in frames:
         df = frames.pop("all")

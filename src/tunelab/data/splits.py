@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from tunelab.config.schema import DataConfig, TaskConfig
+from tunelab.config.schema import DataConfig
 from tunelab.data.catalog import DATASETS
 from tunelab.data.files import read_table
 from tunelab.errors import TunelabError
@@ -74,7 +74,8 @@ def subsample(frames: dict, cfg: DataConfig, notes: list[str], sample, kind: str
             notes.append(f"{split}: {kind} subsample of {len(frames[split])} of {n} examples (data.{key})")
 
 
-def load_splits(cfg: DataConfig, task: TaskConfig) -> Splits:
+def load_splits(cfg: DataConfig, labels: list[str] | None = None) -> Splits:
+    """Labelled text split into train/validation/test; `labels` fixes the label order (default: sorted)."""
     notes: list[str] = []
     text_col, label_col = cfg.text_column, cfg.label_column
     if cfg.name:
@@ -121,7 +122,7 @@ def load_splits(cfg: DataConfig, task: TaskConfig) -> Splits:
                 f"labels in {split} not in train: {', '.join(unseen[:5])}; the model cannot learn them; "
                 "add training examples for them or remove them"
             )
-    labels = task.labels or sorted(train_labels)
+    labels = labels or sorted(train_labels)
     missing = sorted(train_labels - set(labels))
     if missing:
         raise TunelabError(f"train has labels not listed in task.labels: {', '.join(missing[:5])}; add them to task.labels")
@@ -130,3 +131,9 @@ def load_splits(cfg: DataConfig, task: TaskConfig) -> Splits:
 
     subsample(frames, cfg, notes, _stratified_sample, "stratified")
     return Splits(frames["train"], frames["validation"], frames["test"], list(labels), notes)
+
+
+def read_labelled_file(cfg: DataConfig, path: str) -> pd.DataFrame:
+    """One labelled file with `text` and `label` columns (from data.text_column / data.label_column),
+    not split: `tunelab eval RUN --file`."""
+    return _prepare(read_table(path, cfg.format, cfg.encoding), cfg, f"'{path}'", cfg.text_column, cfg.label_column)

@@ -1,28 +1,20 @@
 """Adaptation methods. Each method is one self-contained subpackage (`tunelab/methods/<name>/`) that
-defines its config section and a `Method` subclass and registers both with `@register`; this package
-imports every subpackage on first use, so adding a method touches one folder."""
+defines its config section and a `Method` subclass and registers both with `@register`; importing this
+package imports every unit, so adding a method touches one folder."""
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
+from tunelab.config.sections import import_units
 from tunelab.methods.base import Method, register, registry
 
-
-def _discover() -> None:
-    for info in pkgutil.iter_modules(__path__):
-        if info.ispkg:
-            importlib.import_module(f"{__name__}.{info.name}")
+import_units(__name__, __path__)  # the config loader finds method sections once this package is imported
 
 
 def get_method(name: str) -> type[Method]:
-    _discover()
     return registry()[name]
 
 
 def method_names() -> list[str]:
-    _discover()
     return sorted(registry())
 
 

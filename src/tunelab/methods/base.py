@@ -1,5 +1,7 @@
 """The one interface every adaptation method implements: apply to a model, list what trains, save,
-load, merge."""
+load, merge; and the capabilities the rest of tunelab reads instead of probing or listing names
+(whether it merges and why not, which serving engines load its output, whether served runs can share
+one base, what it trains fresh)."""
 
 from __future__ import annotations
 
@@ -10,21 +12,17 @@ import torch
 from torch import nn
 
 from tunelab.config.schema import MethodConfig
+from tunelab.config.sections import UnitRegistry
 from tunelab.errors import TunelabError
+from tunelab.models.state import load_trainable_state, trainable_state
 
-_REGISTRY: dict[str, type[Method]] = {}
-
-
-def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: make a method available under `cls.name` in recipes and the CLI."""
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise RuntimeError(f"method '{cls.name}' registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
+_UNITS = UnitRegistry("method")
+#: class decorator: make a method available under `cls.name` in recipes and the CLI
+register = _UNITS.register
 
 
 def registry() -> dict[str, type[Method]]:
-    return dict(_REGISTRY)
+    return dict(_UNITS.units)
 
 
 class Method:
@@ -32,6 +30,12 @@ class Method:
     config_cls: ClassVar[type[MethodConfig]]
     #: "peft" methods save a folder plain `peft.PeftModel.from_pretrained` loads.
     format: ClassVar[str] = "peft"
+    #: whether `merge` folds the trained update into the base weights exactly, and if not, why not
+    mergeable: ClassVar[bool] = False
+    why_not_mergeable: ClassVar[str] = "it has no merge into the base weights"
+    #: serving engines that load this method's saved output as it is ("torch": `tunelab serve`;
+    #: "vllm": vLLM's LoRA adapter loading)
+    serving_engines: ClassVar[frozenset[str]] = frozenset({"torch"})
 
     def __init__(self, cfg: MethodConfig):
         self.cfg = cfg
@@ -48,7 +52,32 @@ class Method:
         raise NotImplementedError
 
     def merge(self, model: nn.Module) -> nn.Module:
-        raise TunelabError(f"method '{self.name}' cannot be merged into the base weights")
+        raise TunelabError(f"method '{self.name}' cannot be merged into the base weights: {self.why_not_mergeable}")
+
+    def check_mergeable(self) -> None:
+        """Fail before anything loads when this method cannot merge (export checks it first)."""
+        if not self.mergeable:
+            raise TunelabError(f"method '{self.name}' cannot be merged into the base weights: {self.why_not_mergeable}; "
+                               "keep the adapter folder and load it on the base model")
+
+    @property
+    def shares_base(self) -> bool:
+        """Runs of this method on the same base can share one copy of it in a server (peft adapters
+        switched with set_adapter, on an unquantized base)."""
+        return self.format == "peft" and not self.model_load_kwargs()
+
+    def fresh_modules(self, head_modules: list[str]) -> list[str]:
+        """Modules this method trains in full from the task: the new head and whatever else the
+        checkpoint lacked. Quantizing exporters and QLoRA leave them in full precision."""
+        return list(head_modules)
+
+    # -- the trained state -----------------------------------------------------------------------
+    def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """What a checkpoint, best/ and a federated update hold: trainable parameters + extra_state."""
+        return trainable_state(model, self.extra_state(model))
+
+    def load_trainable_state(self, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+        load_trainable_state(model, tensors, list(self.extra_state(model)))
 
     # -- optional hooks (defaults do nothing); each is called from exactly one place ------------
     def model_load_kwargs(self, device: str | None = None) -> dict:
@@ -94,10 +123,3 @@ def check_target_modules(model: nn.Module, targets: list[str] | str | None) -> N
             f"target module(s) {', '.join(missing)} not found in the model; "
             f"linear layers it has: {', '.join(leaves)} (set method.target_modules)"
         )
-
-
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return trainable, total

@@ -18,7 +18,6 @@ from torch import nn
 
 from tunelab.errors import TunelabError
 from tunelab.methods.base import Method
-from tunelab.train.checkpoint import trainable_state
 
 WEIGHTS = "method_weights.safetensors"
 META = "tunelab_method.json"
@@ -100,6 +99,8 @@ class OwnMethod(Method):
     (base.Method) are saved and loaded with the trainable parameters."""
 
     format = "tunelab"
+    mergeable = True  # the low-rank and full/head methods fold into the base; see merge()
+    why_not_mergeable = "its addition is not a linear map of the input"
 
     def inject(self, model: nn.Module, head_modules: list[str]) -> None:
         raise NotImplementedError
@@ -115,7 +116,7 @@ class OwnMethod(Method):
     def save(self, model, out_dir: Path) -> None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        tensors = trainable_state(model, self)  # what trains + extra_state, as checkpoints hold it
+        tensors = self.trainable_state(model)  # what trains + extra_state, as checkpoints hold it
         save_file(tensors, str(out_dir / WEIGHTS))
         meta = {"method": self.name, "config": self.cfg.model_dump(), "head_modules": getattr(self, "head_modules", []),
                 "tensors": sorted(tensors)}
@@ -155,8 +156,7 @@ class OwnMethod(Method):
             m = model.get_submodule(name)
             delta = m.delta_weight()
             if delta is None:
-                raise TunelabError(f"method '{self.name}' cannot be merged into the base weights: "
-                                   f"{getattr(self, 'why_not_mergeable', 'its addition is not a linear map of the input')}")
+                raise TunelabError(f"method '{self.name}' cannot be merged into the base weights: {self.why_not_mergeable}")
             with torch.no_grad():
                 m.base.weight += delta.to(m.base.weight.dtype)
             replace_module(model, name, m.base)

@@ -11,9 +11,6 @@ from torch import nn
 from tunelab.errors import TunelabError
 from tunelab.methods.base import Method
 
-#: peft task type -> the model classes it wraps (used for one-line "not supported" errors)
-PROMPT_KINDS = {"prefix", "prompt", "ptuning"}
-
 
 class PeftMethod(Method):
     """Subclasses implement `peft_config(head_modules, peft_task_type)`; `mergeable` says whether
@@ -21,6 +18,7 @@ class PeftMethod(Method):
 
     format = "peft"
     mergeable = True
+    why_not_mergeable = ""
 
     def peft_config(self, head_modules: list[str], peft_task_type: str | None) -> peft.PeftConfig:
         raise NotImplementedError
@@ -39,12 +37,8 @@ class PeftMethod(Method):
         return peft.PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
 
     def merge(self, model: peft.PeftModel) -> nn.Module:
-        if not self.mergeable:
-            raise TunelabError(f"method '{self.name}' cannot be merged into the base weights: {self.why_not_mergeable}; "
-                               "keep the adapter and load it with PeftModel.from_pretrained")
+        self.check_mergeable()
         return model.merge_and_unload()
-
-    why_not_mergeable = ""
 
 
 def head_list(head_modules: list[str]) -> list[str] | None:

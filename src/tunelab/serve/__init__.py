@@ -33,7 +33,7 @@ def serve(targets: list[str], host: str = "127.0.0.1", port: int = 8000, api_key
             entry = registry.add(name, path)
         except ApiError as e:
             raise TunelabError(e.message) from None
-        console.print(f"[green]serving[/] {name} ({entry.task}, base {entry.lr.cfg.model.name}) from {path}")
+        console.print(f"[green]serving[/] {name} ({entry.task}, base {entry.predictor.cfg.model.name}) from {path}")
     batching = "off" if max_batch <= 1 else f"window {batch_window_ms:g} ms, up to {max_batch} per call"
     console.print(f"Listening on http://{host}:{port} (docs /docs, OpenAPI /openapi.json; batching {batching}"
                   f"{'; API key required' if api_key else ''})")

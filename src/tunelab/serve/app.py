@@ -29,7 +29,6 @@ from tunelab.serve.registry import Registry, Served
 from tunelab.serve.schemas import (MAX_TOKENS, NAME_PATTERN, AdapterRequest, ApiError, ChatRequest, ClassifyRequest,
                                    ClassifyResponse, CompletionRequest, GenerateRequest, GenerateResponse, ModelCard,
                                    ModelList, SamplingParams)
-from tunelab.tasks.prompts import Renderer
 
 
 @dataclass
@@ -128,9 +127,8 @@ def create_app(registry: Registry, settings: Settings) -> FastAPI:
         """Each input fills the run's task prompt (as `tunelab predict` does) and gets one output."""
         req.check()
         entry = registry.get(req.model, "generation")
-        from tunelab.workflows.evaluate import task_prompts
-
-        outs = await generate_all(entry, task_prompts(entry.lr, req.inputs), sampling(entry, req, settings.max_tokens))
+        prompts = await on_model_thread(entry.predictor.task_prompts, req.inputs)  # tokenizers: model thread only
+        outs = await generate_all(entry, prompts, sampling(entry, req, settings.max_tokens))
         return GenerateResponse(model=req.model, outputs=[o.text for o in outs])
 
     async def generate_all(entry: Served, prompts: list[str], params: engine.Sampling) -> list[engine.Generated]:
@@ -143,10 +141,7 @@ def create_app(registry: Registry, settings: Settings) -> FastAPI:
     @app.post("/v1/chat/completions", dependencies=auth)
     async def chat_completions(req: ChatRequest):
         entry = registry.get(req.model, "generation")
-        messages = [m.model_dump() for m in req.messages]
-        if messages[0]["role"] != "system" and entry.lr.cfg.task.system_prompt:
-            messages.insert(0, {"role": "system", "content": entry.lr.cfg.task.system_prompt})
-        prompt = Renderer(entry.lr.tokenizer, entry.lr.task.seq2seq).render(messages, add_generation_prompt=True)
+        prompt = entry.predictor.render_chat([m.model_dump() for m in req.messages])
         params = sampling(entry, req, settings.max_tokens, req.max_completion_tokens)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": rid, "created": created, "model": req.model}
@@ -191,7 +186,8 @@ def create_app(registry: Registry, settings: Settings) -> FastAPI:
         """(text piece, None) as tokens come, then ("", finish_reason). Streams are not batched."""
         from transformers import AsyncTextIteratorStreamer
 
-        streamer = AsyncTextIteratorStreamer(entry.lr.tokenizer, skip_prompt=not entry.lr.task.seq2seq, skip_special_tokens=True)
+        streamer = AsyncTextIteratorStreamer(entry.predictor.tokenizer, skip_prompt=not entry.predictor.seq2seq,
+                                             skip_special_tokens=True)
         cancel = threading.Event()
         job = asyncio.get_running_loop().run_in_executor(executor, engine.generate_streaming, entry, prompt, params, streamer, cancel)
         text, cut = "", None
@@ -231,13 +227,11 @@ def create_app(registry: Registry, settings: Settings) -> FastAPI:
 
 def sampling(entry: Served, req: SamplingParams, cap: int, max_tokens: int | None = None) -> engine.Sampling:
     """The request's settings over the run's `generate` defaults. temperature 0 means greedy."""
-    gen = entry.lr.cfg.generate
+    gen = entry.predictor.cfg.generate
     asked = req.max_tokens or max_tokens
     if asked and asked > cap:
         raise ApiError(422, f"max_tokens: {asked} is over this server's limit of {cap}")
-    config = entry.lr.model.config
-    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 10**9
-    new = min(asked or gen.max_new_tokens, cap, max(1, context - 8))  # never past the model's positions
+    new = min(asked or gen.max_new_tokens, cap, max(1, entry.predictor.context - 8))  # never past the model's positions
     stop = tuple([req.stop] if isinstance(req.stop, str) else req.stop or ())
     if req.temperature == 0 or (req.temperature is None and not gen.do_sample):
         return engine.Sampling(new, False, None, None, stop)
@@ -245,7 +239,7 @@ def sampling(entry: Served, req: SamplingParams, cap: int, max_tokens: int | Non
 
 
 def card(entry: Served) -> ModelCard:
-    return ModelCard(id=entry.name, created=entry.created, task=entry.task, base=entry.lr.cfg.model.name, source=entry.source)
+    return ModelCard(id=entry.name, created=entry.created, task=entry.task, base=entry.predictor.cfg.model.name, source=entry.source)
 
 
 def usage(outs: list[engine.Generated]) -> dict:

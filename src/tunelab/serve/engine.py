@@ -1,7 +1,7 @@
 """What runs on the model thread: classification and generation for a batch of requests, and one
-streamed generation. Reuses the toolkit's own paths (predict_texts, generate_texts, the task prompt
-renderer), so a served run answers exactly what `tunelab predict` answers. Tokenizers are only
-touched here: fast tokenizers are not safe to use from two threads while one changes padding."""
+streamed generation, all through the inference layer (session/predictor.py), so a served run answers
+exactly what `tunelab predict` answers and nothing prints. Tokenizers are only touched here: fast
+tokenizers are not safe to use from two threads while one changes padding."""
 
 from __future__ import annotations
 
@@ -13,9 +13,6 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from tunelab.config.schema import GenerateConfig
 from tunelab.serve.registry import Served
-from tunelab.tasks.generation import generate_texts, generation_kwargs
-from tunelab.train.precision import autocast
-from tunelab.workflows.evaluate import predict_texts
 
 
 @dataclass(frozen=True)
@@ -46,36 +43,32 @@ class Generated:
 def classify(entry: Served, batches: list[list[str]]) -> list[list[dict]]:
     entry.activate()
     flat = [t for texts in batches for t in texts]
-    preds = predict_texts(entry.lr, flat)
+    preds = entry.predictor.classify(flat)
     out, i = [], 0
     for texts in batches:
-        out.append([{k: p[k] for k in ("label", "score", "scores")} for p in preds[i : i + len(texts)]])
+        out.append(preds[i : i + len(texts)])
         i += len(texts)
     return out
 
 
 def generate(entry: Served, prompts: list[str], sampling: Sampling) -> list[Generated]:
     entry.activate()
-    lr = entry.lr
-    texts = generate_texts(lr.model, lr.tokenizer, prompts, sampling.config(lr.cfg.generate, len(prompts)),
-                           seq2seq=lr.task.seq2seq, precision=lr.precision, max_length=lr.cfg.model.max_length)
-    return [finish(entry, p, t, sampling) for p, t in zip(prompts, texts)]
+    p = entry.predictor
+    texts = p.generate(prompts, sampling.config(p.cfg.generate, len(prompts)))
+    return [finish(entry, prompt, t, sampling) for prompt, t in zip(prompts, texts)]
 
 
 def finish(entry: Served, prompt: str, text: str, sampling: Sampling) -> Generated:
-    """Cut at a stop string and count tokens (OpenAI `usage`). The reply is re-tokenized (generate_texts
-    returns text), which can differ by a token from what was generated; capped at max_tokens."""
-    tok, seq2seq = entry.lr.tokenizer, entry.lr.task.seq2seq
-    produced = min(count_tokens(tok, text), sampling.max_new_tokens)
+    """Cut at a stop string and count tokens (OpenAI `usage`): the prompt as it reached the model (cut
+    from the left to fit the context beside the reply). The reply is re-tokenized (generation returns
+    text), which can differ by a token from what was generated; capped at max_tokens."""
+    p = entry.predictor
+    produced = min(p.count_tokens(text), sampling.max_new_tokens)
     reason = "length" if produced >= sampling.max_new_tokens else "stop"
     cut = cut_at_stop(text, sampling.stop)
     if cut is not None:
-        text, reason, produced = cut, "stop", min(count_tokens(tok, cut), produced)
-    return Generated(text, len(tok(prompt, add_special_tokens=seq2seq)["input_ids"]), produced, reason)
-
-
-def count_tokens(tok, text: str) -> int:
-    return len(tok(text, add_special_tokens=False)["input_ids"]) if text else 0
+        text, reason, produced = cut, "stop", min(p.count_tokens(cut), produced)
+    return Generated(text, len(p.prompt_ids(prompt, sampling.config(p.cfg.generate))), produced, reason)
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> str | None:
@@ -93,21 +86,12 @@ class _Cancelled(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
 
 
-@torch.no_grad()
 def generate_streaming(entry: Served, prompt: str, sampling: Sampling, streamer, cancel: threading.Event) -> None:
     """One generation whose pieces go to `streamer` (transformers' AsyncTextIteratorStreamer); the
-    prompt is cut from the left to leave room for the reply, as generate_texts does."""
+    prompt is cut from the left to leave room for the reply, as batched generation does."""
     try:
         entry.activate()
-        lr = entry.lr
-        tok, seq2seq = lr.tokenizer, lr.task.seq2seq
-        gen = sampling.config(lr.cfg.generate)
-        budget = lr.cfg.model.max_length if seq2seq else max(8, lr.cfg.model.max_length - gen.max_new_tokens)
-        ids = tok(prompt, add_special_tokens=seq2seq)["input_ids"][-budget:]
-        device = next(lr.model.parameters()).device
-        enc = {"input_ids": torch.tensor([ids], device=device), "attention_mask": torch.ones(1, len(ids), dtype=torch.long, device=device)}
-        with autocast(lr.precision, device):
-            lr.model.generate(**enc, **generation_kwargs(tok, gen), streamer=streamer,
-                              stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]))
+        p = entry.predictor
+        p.stream(prompt, sampling.config(p.cfg.generate), streamer, StoppingCriteriaList([_Cancelled(cancel)]))
     finally:
         streamer.end()

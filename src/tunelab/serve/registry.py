@@ -10,8 +10,6 @@ switching adapters never races with a running forward pass.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -19,7 +17,7 @@ from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.serve.schemas import NAME_PATTERN, ApiError
-from tunelab.workflows.common import LoadedRun
+from tunelab.session import Predictor
 
 
 @dataclass
@@ -35,14 +33,15 @@ class Group:
 class Served:
     name: str
     source: str
-    lr: LoadedRun  # its .model is the group's (shared) model
+    predictor: Predictor  # its .model is the group's (shared) model
     group: Group
     adapter: str | None  # peft adapter name inside the group's model; None: no adapter switching
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
     def task(self) -> str:
-        return "classification" if self.lr.cfg.task.type == "classification" else "generation"
+        """"classification" or "generation": which endpoints serve it."""
+        return self.predictor.kind
 
     def activate(self) -> None:
         """Make this name's adapter the active one (call on the model thread)."""
@@ -115,56 +114,43 @@ class Registry:
     def _add_run(self, name: str, folder: Path) -> Served:
         from tunelab.methods import get_method
         from tunelab.runs.rundir import RunDir
-        from tunelab.workflows.common import load_run
 
         try:
             cfg = RunDir.open(folder).config()
             method = get_method(cfg.method.name)(cfg.method)
         except TunelabError as e:
             raise ApiError(400, f"cannot serve '{folder}': {e}") from None
-        key = None
-        if method.format == "peft" and not method.model_load_kwargs():
-            labels = _run_labels(folder)
-            key = (cfg.model.name, cfg.task.type, tuple(labels))
+        key = (cfg.model.name, cfg.task.type, tuple(_run_labels(folder))) if method.shares_base else None
         group = next((g for g in self.groups if key is not None and g.key == key), None)
         if group is not None:
             first = self.served[next(iter(group.names))]
             self._adapters += 1
             adapter = f"a{self._adapters}"
             group.model.load_adapter(str(folder / "adapter"), adapter_name=adapter)
-            lr = dataclasses.replace(first.lr, cfg=cfg, run=RunDir.open(folder))
-            return Served(name, str(folder), lr, group, adapter)
+            return Served(name, str(folder), first.predictor.sharing(folder), group, adapter)
         try:
-            lr = load_run(str(folder))
+            predictor = Predictor.from_run(str(folder))
         except TunelabError as e:
             raise ApiError(400, f"cannot serve '{folder}': {e}") from None
-        group = Group(key, lr.model)
+        group = Group(key, predictor.model)
         self.groups.append(group)
-        adapter = lr.model.active_adapter if key is not None else None  # peft calls the first one "default"
-        return Served(name, str(folder), lr, group, adapter)
+        adapter = predictor.model.active_adapter if key is not None else None  # peft calls the first one "default"
+        return Served(name, str(folder), predictor, group, adapter)
 
     def _add_hf_folder(self, name: str, folder: Path) -> Served:
         """A plain transformers model (a merged export): a sequence classifier if its config says so
-        (labels from id2label), otherwise a text generator."""
-        from tunelab.config import load_config
-        from tunelab.tasks import get_task
-        from tunelab.train.precision import resolve_precision
-
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        classifier = any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or [])
-        labels = [v for _, v in sorted((int(k), v) for k, v in (config.get("id2label") or {}).items())] if classifier else []
-        cfg = load_config(None, [f"model.name={folder}", f"task.type={'classification' if classifier else 'chat'}"])
-        task = get_task(cfg.task.type)
+        (labels from id2label), otherwise a text generator, with its own context length."""
         try:
-            tok, model = task.load(cfg.model, labels)
+            predictor = Predictor.from_model_folder(folder)
         except TunelabError as e:
             raise ApiError(400, f"cannot serve '{folder}': {e}") from None
-        lr = LoadedRun(None, cfg, task, tok, model.eval(), labels, resolve_precision(cfg.train.precision, "cpu"))
-        group = Group(None, lr.model)
+        group = Group(None, predictor.model)
         self.groups.append(group)
-        return Served(name, str(folder), lr, group, adapter=None)
+        return Served(name, str(folder), predictor, group, adapter=None)
 
 
 def _run_labels(folder: Path) -> list[str]:
+    import json
+
     labels_file = folder / "adapter" / "labels.json"
     return json.loads(labels_file.read_text(encoding="utf-8")) if labels_file.is_file() else []

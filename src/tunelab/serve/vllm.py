@@ -17,8 +17,10 @@ from tunelab.serve.schemas import ApiError
 
 def vllm_command(targets: list[str], host: str, port: int, api_key: str | None) -> list[str]:
     """The `vllm serve` command line for runs that are LoRA adapters on one base model."""
+    from tunelab.methods import get_method
     from tunelab.models.catalog import resolve_model
     from tunelab.runs.rundir import RunDir
+    from tunelab.tasks import get_task
 
     bases, modules = set(), []
     for target in targets:
@@ -31,7 +33,8 @@ def vllm_command(targets: list[str], host: str, port: int, api_key: str | None) 
             bases.add(str(path))  # a merged model folder: served as the base itself
             continue
         cfg = RunDir.open(path).config()
-        if cfg.method.name not in ("lora", "loraplus", "qlora") or cfg.task.type == "classification":
+        method, task = get_method(cfg.method.name), get_task(cfg.task.type)
+        if "vllm" not in method.serving_engines or task.kind != "generation":
             raise TunelabError(f"run '{path}' ({cfg.task.type}, {cfg.method.name}): vLLM serves LoRA adapters of "
                                "generative runs only; use --backend torch")
         bases.add(str(resolve_model(cfg.model.name)))

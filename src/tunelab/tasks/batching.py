@@ -27,3 +27,14 @@ def length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.
         widest = max(range(len(out)), key=lambda i: len(out[i]) * int(lengths[out[i]].max()))
         out.insert(0, out.pop(widest))
     return out
+
+
+def length_stats(lengths: np.ndarray, max_length: int) -> dict:
+    """Token lengths of the training examples, for the console and the summary."""
+    return {
+        "mean": round(float(lengths.mean()), 1),
+        "p50": int(np.percentile(lengths, 50)),
+        "p95": int(np.percentile(lengths, 95)),
+        "max": int(lengths.max()),
+        "truncated_percent": round(100 * float((lengths >= max_length).mean()), 2),
+    }

@@ -8,7 +8,7 @@ import torch
 
 from tunelab.config.schema import GenerateConfig
 from tunelab.console import task_bar
-from tunelab.train.precision import autocast, half_weights
+from tunelab.runtime import autocast, half_weights
 
 
 def generation_kwargs(tok, gen: GenerateConfig) -> dict:

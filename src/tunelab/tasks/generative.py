@@ -1,28 +1,35 @@
-"""Generative tasks (summarization, QA, translation, chat) on encoder-decoder (T5, BART, BERT2BERT)
-and decoder-only (Llama, GPT-2) models: examples -> token ids with the loss on replies only, packing,
-teacher-forced validation loss, and before/after generation metrics."""
+"""The shared base of the generative tasks (summarization, QA, translation, chat; each its own unit in
+tasks/<name>/) on encoder-decoder (T5, BART, BERT2BERT) and decoder-only (Llama, GPT-2) models: examples
+-> token ids with the loss on replies only, packing, teacher-forced validation loss, zero-/k-shot
+before-evaluations and generation metrics after. A unit supplies its fields, how a row becomes a
+conversation, its default prompt and its metrics."""
 
 from __future__ import annotations
 
 import inspect
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
+import pandas as pd
 import torch
+from pydantic import Field
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from tunelab.config.schema import ModelConfig, RunConfig
+from tunelab.config.schema import TaskConfig
 from tunelab.console import task_bar
 from tunelab.data import token_cache
+from tunelab.data.files import read_table
+from tunelab.data.generative import load_generative_splits, map_columns, text_fields
 from tunelab.errors import TunelabError
-from tunelab.metrics import text as tm
 from tunelab.models.catalog import hf_source, load_error
 from tunelab.models.cpu_kernels import use_cpu_kernels
-from tunelab.tasks.batching import length_grouped_batches
+from tunelab.runtime import autocast
+from tunelab.tasks.base import Task
+from tunelab.tasks.batching import length_grouped_batches, length_stats
 from tunelab.tasks.generation import generate_texts
-from tunelab.tasks.prompts import Renderer, row_to_conversation, with_shots
-from tunelab.train.precision import autocast
+from tunelab.tasks.prompts import Renderer, fill_template, single_turn, with_shots
 
 IGNORE = -100  # label value the loss skips (prompt tokens, padding, packing boundaries)
 
@@ -41,19 +48,84 @@ class GenEncoded:
         return len(self.input_ids)
 
 
-class GenerativeTask:
-    peft_task_type = "CAUSAL_LM"
+class GenerativeConfig(TaskConfig):
+    """Fields every generative task has; a unit's section adds its own."""
+
+    prompt: str | None = Field(None, description="instruction template with the task's fields, e.g. {source}; "
+                               "default per task")
+    system_prompt: str | None = Field(None, description="chat models: system message for every conversation")
+
+
+def pick_shots(convs: list[list[dict]], k: int, seed: int) -> list[list[dict]]:
+    """k training examples for k-shot prompts: drawn (seeded) from the shorter half of the training
+    set so the prompt still fits the context window."""
+    if k == 0 or not convs:
+        return []
+    sizes = np.array([sum(len(m["content"]) for m in c) for c in convs])
+    short = np.flatnonzero(sizes <= np.median(sizes))
+    pick = np.random.default_rng(seed).choice(short, size=min(k, len(short)), replace=False)
+    return [convs[i] for i in pick]
+
+
+class GenerativeTask(Task):
+    kind = "generation"
     default_metric = "loss"
     higher_is_better = {"loss": False, "perplexity": False}
-    PRIMARY = {"summarization": "rougeL", "qa": "f1", "translation": "chrf", "chat": "perplexity"}
+    #: the headline test metric of the report
+    primary_metric: ClassVar[str]
+    #: the fields a row of this task's data has (data.columns maps a file's columns onto them)
+    fields: ClassVar[tuple[str, ...]] = ()
+    optional_fields: ClassVar[tuple[str, ...]] = ()
+    default_prompt: ClassVar[str | None] = None
 
-    def __init__(self, type: str):
-        self.type = type
-        self.seq2seq = False
-        self.new_modules: list[str] = []
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.peft_task_type = "CAUSAL_LM"
+        self.enc: dict[str, GenEncoded] = {}
+        self.convs: dict[str, list] = {}
+        self.test_convs: list = []
+        self.test_refs: list = []
 
-    # -- model ---------------------------------------------------------------------------------
-    def load(self, model_cfg: ModelConfig, labels=None, **extra):
+    # -- what a unit defines -------------------------------------------------------------------
+    def prepare_frame(self, df: pd.DataFrame, columns: dict, source: str) -> pd.DataFrame:
+        """The task's fields (renamed from `columns`) and a `references` column (a list of strings)."""
+        raise NotImplementedError
+
+    def conversation(self, row: dict) -> list[dict]:
+        """One prepared row -> messages; the last one is the reply to learn and score."""
+        raise NotImplementedError
+
+    def input_row(self, text: str) -> dict:
+        """A row holding one user input (`tunelab predict RUN "text"`, /v1/generate): the text fills
+        the task's main field."""
+        raise NotImplementedError
+
+    def generation_metrics(self, predictions: list[str], refs: list[list[str]]) -> dict:
+        raise NotImplementedError
+
+    def template(self, row: dict) -> str:
+        return self.cfg.task.prompt or self.default_prompt
+
+    # -- data ------------------------------------------------------------------------------------
+    def load_splits(self, data_cfg=None):
+        self.splits = load_generative_splits(data_cfg or self.cfg.data, self.name, self.prepare_frame)
+        return self.splits
+
+    def read_file(self, path: str) -> pd.DataFrame:
+        d = self.cfg.data
+        return self.prepare_frame(read_table(path, d.format, d.encoding), d.columns, f"'{path}'").reset_index(drop=True)
+
+    def conversations(self, df: pd.DataFrame) -> list[list[dict]]:
+        return [self.conversation(row) for row in df.to_dict("records")]
+
+    def prompts_for(self, texts: list[str]) -> list[str]:
+        """The model text for each input: the task prompt (and system prompt) rendered for the model."""
+        renderer = Renderer(self.tok, self.seq2seq)
+        return [renderer.render(self.conversation(self.input_row(t))[:-1], add_generation_prompt=True) for t in texts]
+
+    # -- model -----------------------------------------------------------------------------------
+    def load_model(self, model_cfg=None, **extra):
+        model_cfg = model_cfg or self.cfg.model
         path, kwargs = hf_source(model_cfg)
         try:
             config = AutoConfig.from_pretrained(path, **kwargs)
@@ -79,20 +151,33 @@ class GenerativeTask:
                                    if "lm_head" not in k and "embed" not in k})
         if config.model_type == "encoder-decoder":  # BERT2BERT warm start: cross-attention began random
             self.new_modules += [n for n, _ in model.named_modules() if n.endswith("crossattention")]
+        self.tok = tok
         return tok, model
 
-    def head_modules(self, model) -> list[str]:
-        return self.new_modules
+    def repeats_shapes(self) -> bool:
+        return self.cfg.train.packing and not self.seq2seq
 
-    # -- data ----------------------------------------------------------------------------------
-    def conversations(self, df, cfg: RunConfig) -> list[list[dict]]:
-        return [row_to_conversation(row, cfg.task, cfg.task.system_prompt) for row in df.to_dict("records")]
+    # -- training --------------------------------------------------------------------------------
+    def prepare(self, tok, splits, precision: str) -> dict:
+        self.tok, self.splits, self.precision = tok, splits, precision
+        self.convs = {split: self.conversations(getattr(splits, split)) for split in ("train", "validation", "test")}
+        self.enc = {split: self.encode(self.convs[split], f"Tokenizing {split}") for split in ("train", "validation")}
+        # Generation is the slow part of evaluation: a fixed, seeded subset of the test split.
+        convs = self.convs["test"]
+        n_test = min(len(convs), self.cfg.eval.max_samples or len(convs))
+        idx = np.sort(np.random.default_rng(self.cfg.data.split.seed).permutation(len(convs))[:n_test])
+        self.test_convs = [convs[i] for i in idx]
+        self.test_refs = [splits.test["references"].iloc[i] for i in idx]
+        stats = length_stats(self.enc["train"].lengths, self.cfg.model.max_length)
+        stats["truncated_examples"] = self.enc["train"].truncated
+        return stats
 
-    def encode(self, tok, convs: list[list[dict]], cfg: RunConfig, desc: str = "Tokenizing",
-               context: list[list[dict]] | None = None) -> GenEncoded:
+    def encode(self, convs: list[list[dict]], desc: str | None = "Tokenizing",
+               context: list[dict] | None = None) -> GenEncoded:
         """Token ids and labels; labels are IGNORE except on reply tokens. `context` (k-shot turns)
         is prepended to each conversation without contributing to the loss. Kept on disk by content
         hash (data/token_cache.py) unless `data.token_cache` is off."""
+        cfg, tok = self.cfg, self.tok
         key = None
         if cfg.data.token_cache:
             from tunelab.tasks import prompts
@@ -104,12 +189,13 @@ class GenerativeTask:
             if hit is not None:
                 columns, meta = hit
                 return GenEncoded(columns["input_ids"], columns["labels"], int(meta.get("truncated", 0)))
-        enc = self._encode(tok, convs, cfg, desc, context)
+        enc = self._encode(convs, desc, context)
         if key is not None:
             token_cache.save(key, {"input_ids": enc.input_ids, "labels": enc.labels}, {"truncated": str(enc.truncated)})
         return enc
 
-    def _encode(self, tok, convs, cfg: RunConfig, desc: str, context) -> GenEncoded:
+    def _encode(self, convs, desc, context) -> GenEncoded:
+        tok, cfg = self.tok, self.cfg
         renderer = Renderer(tok, self.seq2seq)
         max_len = cfg.model.max_length
         ids_all, labels_all, truncated = [], [], 0
@@ -143,15 +229,18 @@ class GenerativeTask:
                 advance()
         return GenEncoded(ids_all, labels_all, truncated)
 
-    @staticmethod
-    def batches(enc: GenEncoded, batch_size: int, rng, group_by_length: bool) -> list[np.ndarray]:
-        return length_grouped_batches(enc.lengths, batch_size, rng, group_by_length)
+    def batches(self, epoch: int) -> list[np.ndarray]:
+        t = self.cfg.train
+        return length_grouped_batches(self.enc["train"].lengths, t.batch_size, np.random.default_rng([self.cfg.seed, epoch]),
+                                      t.group_by_length and not t.packing)
 
-    def collate(self, tok, enc: GenEncoded, idx, packing: bool = False, max_length: int | None = None) -> dict:
+    def collate(self, idx, enc: GenEncoded | None = None, packing: bool | None = None) -> dict:
+        enc = enc if enc is not None else self.enc["train"]
+        packing = self.cfg.train.packing if packing is None else packing
+        pad = self.tok.pad_token_id
         if packing and not self.seq2seq:
             return pack_examples([enc.input_ids[i] for i in idx], [enc.labels[i] for i in idx],
-                                 max_length or max(len(enc.input_ids[i]) for i in idx), tok.pad_token_id)
-        pad = tok.pad_token_id
+                                 self.cfg.model.max_length, pad)
         src = [enc.input_ids[i] for i in idx]
         width = max(map(len, src))
         input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
@@ -178,17 +267,20 @@ class GenerativeTask:
         logits, targets = reply_logits(model, batch)
         return torch.nn.functional.cross_entropy(logits.float(), targets)
 
+    def validate(self, model) -> dict:
+        return self.teacher_forced_loss(model, self.enc["validation"])
+
     # -- evaluation ----------------------------------------------------------------------------
     @torch.no_grad()
-    def teacher_forced_loss(self, model, tok, enc: GenEncoded, batch_size: int, precision: str, desc="Validating") -> dict:
+    def teacher_forced_loss(self, model, enc: GenEncoded, desc: str | None = "Validating") -> dict:
         """Mean cross-entropy over reply tokens (token-weighted across batches) and its perplexity."""
         model.eval()
         device = next(model.parameters()).device
         total, count = 0.0, 0
         with task_bar(desc, total=len(enc)) as advance:
-            for idx in length_grouped_batches(enc.lengths, batch_size, None, True):
-                batch = {k: v.to(device) for k, v in self.collate(tok, enc, idx).items()}
-                with autocast(precision, device):
+            for idx in length_grouped_batches(enc.lengths, self.cfg.eval.batch_size, None, True):
+                batch = {k: v.to(device) for k, v in self.collate(idx, enc, packing=False).items()}
+                with autocast(self.precision, device):
                     if not self.seq2seq and keeps_logits(model):
                         logits, targets = reply_logits(model, batch)
                     else:
@@ -204,29 +296,84 @@ class GenerativeTask:
         loss = total / max(1, count)
         return {"loss": loss, "perplexity": math.exp(min(loss, 50))}
 
-    def generation_metrics(self, predictions: list[str], convs: list[list[dict]], refs: list[list[str]]) -> dict:
-        first = [r[0] for r in refs]
-        if self.type == "qa":
-            return tm.squad(predictions, refs)
-        if self.type == "translation":
-            return {"bleu": tm.bleu(predictions, first), "chrf": tm.chrf(predictions, first)}
-        scores = tm.rouge(predictions, first)
-        return {k: 100 * v for k, v in scores.items()}
-
-    def evaluate(self, model, tok, convs: list[list[dict]], refs: list[list[str]], cfg: RunConfig, precision: str,
-                 shots: list[list[dict]] | None = None, desc: str = "Evaluating") -> dict:
+    def score(self, model, convs: list[list[dict]], refs: list[list[str]], shots: list[list[dict]] | None = None,
+              desc: str | None = "Evaluating") -> dict:
         """Perplexity of the references and generation metrics for the last reply of each conversation."""
         context = [m for shot in shots for m in shot if m["role"] != "system"] if shots else None
-        enc = self.encode(tok, convs, cfg, f"{desc}: tokenizing", context=context)
-        metrics = self.teacher_forced_loss(model, tok, enc, cfg.eval.batch_size, precision, f"{desc}: perplexity")
-        renderer = Renderer(tok, self.seq2seq)
+        sub = None if desc is None else f"{desc}: "
+        enc = self.encode(convs, sub and f"{sub}tokenizing", context=context)
+        metrics = self.teacher_forced_loss(model, enc, sub and f"{sub}perplexity")
+        renderer = Renderer(self.tok, self.seq2seq)
         prompts = [renderer.render(with_shots(shots, c[:-1]) if shots else c[:-1], add_generation_prompt=True)
                    for c in convs]
-        predictions = generate_texts(model, tok, prompts, cfg.generate, seq2seq=self.seq2seq, precision=precision,
-                                     max_length=cfg.model.max_length, desc=f"{desc}: generating")
-        metrics.update(self.generation_metrics(predictions, convs, refs))
+        predictions = self.generate(model, prompts, desc=sub and f"{sub}generating")
+        metrics.update(self.generation_metrics(predictions, refs))
         metrics["predictions"] = predictions
         return metrics
+
+    def generate(self, model, prompts: list[str], gen=None, desc: str | None = None, max_length: int | None = None) -> list[str]:
+        return generate_texts(model, self.tok, prompts, gen or self.cfg.generate, seq2seq=self.seq2seq,
+                              precision=self.precision, max_length=max_length or self.cfg.model.max_length, desc=desc)
+
+    def evaluate(self, model, desc: str | None = "After") -> dict:
+        return self.score(model, self.test_convs, self.test_refs, desc=desc)
+
+    def evaluate_frame(self, model, df: pd.DataFrame, desc: str | None = "Evaluating") -> dict:
+        """Metrics on a prepared frame of this task (`tunelab eval`): a seeded subset of eval.max_samples."""
+        n = min(len(df), self.cfg.eval.max_samples or len(df))
+        df = df.iloc[np.sort(np.random.default_rng(self.cfg.data.split.seed).permutation(len(df))[:n])]
+        return self.score(model, self.conversations(df), df["references"].tolist(), desc=desc)
+
+    def evaluate_before(self, model) -> dict[str, dict]:
+        before = {"zero-shot": self.score(model, self.test_convs, self.test_refs, desc="Zero-shot")}
+        k = self.cfg.eval.k_shot
+        if k:
+            shots = pick_shots(self.convs["train"], k, self.cfg.seed)
+            before[f"{k}-shot"] = self.score(model, self.test_convs, self.test_refs, shots, desc=f"{k}-shot")
+        return before
+
+    def summary_fields(self) -> dict:
+        return {"architecture": "encoder-decoder" if self.seq2seq else "decoder-only",
+                "primary_metric": self.primary_metric, "test_examples": len(self.test_convs)}
+
+    def report_parts(self, columns: dict[str, dict]) -> dict:
+        samples = []
+        for i in range(min(self.cfg.eval.show_samples, len(self.test_convs))):
+            conv = self.test_convs[i]
+            sample = {"input": conv[-2]["content"] if len(conv) > 1 else "", "reference": self.test_refs[i][0]}
+            for name, m in columns.items():
+                sample[name] = m["predictions"][i]
+            samples.append(sample)
+        numbers = {name: {k: v for k, v in m.items() if k != "predictions"} for name, m in columns.items()}
+        return {"columns": numbers, "samples": samples}
+
+    # -- inference -------------------------------------------------------------------------------
+    def probe_inputs(self, n: int) -> list[str]:
+        convs = self.conversations(self.load_splits().test.head(n))
+        renderer = Renderer(self.tok, self.seq2seq)
+        return [renderer.render(c[:-1], add_generation_prompt=True) for c in convs]
+
+
+class SourceTargetTask(GenerativeTask):
+    """Single-turn tasks whose rows are (source, target): the template fills the source, the target is
+    the reply and the only reference (summarization, translation)."""
+
+    fields = ("source", "target")
+
+    def template_fields(self) -> dict:
+        """Fields the template may use besides the row's own (translation: the languages)."""
+        return {}
+
+    def prepare_frame(self, df, columns, source):
+        df = text_fields(map_columns(df, self.fields, (), columns, source), self.fields)
+        return df.assign(references=df["target"].map(lambda t: [t]))
+
+    def conversation(self, row):
+        fields = {**{k: v for k, v in row.items() if isinstance(v, str)}, **self.template_fields()}
+        return single_turn(fill_template(self.template(row), fields), row["target"], self.cfg.task.system_prompt)
+
+    def input_row(self, text):
+        return {"source": text, "target": ""}
 
 
 def keeps_logits(model) -> bool:
@@ -234,6 +381,7 @@ def keeps_logits(model) -> bool:
     `logits_to_keep`). Prompt-learning adapters (prefix, prompt, P-tuning) prepend virtual tokens, so
     a position mask of the input's shape would not line up; AdaLoRA adds its orthogonality penalty
     only to a loss the model computes itself: both take the full-logits path."""
+    model = getattr(model, "module", model)  # through a DistributedDataParallel wrapper
     peft_cfg = getattr(model, "active_peft_config", None)
     if peft_cfg is not None and (peft_cfg.is_prompt_learning or peft_cfg.peft_type == "ADALORA"):
         return False

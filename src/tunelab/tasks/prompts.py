@@ -1,7 +1,8 @@
 """Turning dataset rows into conversations and conversations into model text.
 
 Every generative example is a conversation (a list of {"role", "content"} messages); single-turn
-tasks are one user message (an instruction built from a FLAN-style template) and one assistant reply.
+tasks are one user message (an instruction built from the task unit's FLAN-style template) and one
+assistant reply.
 Rendering then depends on the model:
 - decoder-only with a chat template (SmolLM2's ChatML, Llama's): the tokenizer's template;
 - decoder-only without one (GPT-2, base models): PLAIN_TEMPLATE below;
@@ -11,43 +12,31 @@ Rendering then depends on the model:
 
 from __future__ import annotations
 
-DEFAULT_PROMPTS = {
-    "summarization": "summarize: {source}",
-    "qa": "question: {question}",
-    "qa_context": "question: {question} context: {context}",
-    "translation": "translate {source_lang} to {target_lang}: {source}",
-}
-
 # Documented fallback for models without a chat template (GPT-2 and other base models).
 PLAIN_USER = "### Instruction:\n{content}\n\n### Response:\n"
 PLAIN_ASSISTANT = "{content}{eos}\n\n"
 PLAIN_SYSTEM = "{content}\n\n"
 
 
-def row_to_conversation(row: dict, task, system_prompt: str | None = None) -> list[dict]:
-    """One dataset row -> messages. `task` is the TaskConfig (type, prompt, languages)."""
-    if task.type == "chat":
-        messages = [dict(m) for m in row["messages"]]
-    else:
-        if task.type == "qa":
-            template = task.prompt or DEFAULT_PROMPTS["qa_context" if row.get("context") else "qa"]
-            target = row["answer"]
-        else:
-            template = task.prompt or DEFAULT_PROMPTS[task.type]
-            target = row["target"]
-        fields = {k: v for k, v in row.items() if isinstance(v, str)}
-        fields.update(source_lang=task.source_lang, target_lang=task.target_lang)
-        try:
-            instruction = template.format(**fields)
-        except KeyError as e:
-            from tunelab.errors import TunelabError
+def fill_template(template: str, fields: dict) -> str:
+    """A task prompt (`task.prompt`, e.g. "summarize: {source}") filled from a row's fields."""
+    try:
+        return template.format(**fields)
+    except KeyError as e:
+        from tunelab.errors import TunelabError
 
-            raise TunelabError(f"task.prompt uses {{{e.args[0]}}}, which the data does not have; "
-                               f"available fields: {', '.join(sorted(fields))}") from None
-        messages = [{"role": "user", "content": instruction}, {"role": "assistant", "content": str(target)}]
-    if system_prompt:
-        messages = [{"role": "system", "content": system_prompt}, *messages]
-    return messages
+        raise TunelabError(f"task.prompt uses {{{e.args[0]}}}, which the data does not have; "
+                           f"available fields: {', '.join(sorted(fields))}") from None
+
+
+def single_turn(instruction: str, target: str, system_prompt: str | None = None) -> list[dict]:
+    """A one-exchange conversation (an optional system message first)."""
+    messages = [{"role": "user", "content": instruction}, {"role": "assistant", "content": str(target)}]
+    return with_system(messages, system_prompt)
+
+
+def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    return [{"role": "system", "content": system_prompt}, *messages] if system_prompt else messages
 
 
 def with_shots(shots: list[list[dict]], messages: list[dict]) -> list[dict]:

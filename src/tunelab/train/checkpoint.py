@@ -18,30 +18,21 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from tunelab.models.state import load_trainable_state, trainable_state
 from tunelab.runs.io import atomic_write_text, fsync_dir
 
 LATEST = "latest"
 
 
-def trainable_state(model: torch.nn.Module, method=None) -> dict[str, torch.Tensor]:
-    """Trainable parameters plus the method's extra trained buffers (`Method.extra_state`)."""
-    out = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+def _state(model, method) -> dict[str, torch.Tensor]:
+    return method.trainable_state(model) if method is not None else trainable_state(model)
+
+
+def _load_state(model, tensors, method) -> None:
     if method is not None:
-        out.update({n: t.detach().contiguous().cpu() for n, t in method.extra_state(model).items()})
-    return out
-
-
-def load_trainable_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], method=None) -> None:
-    targets = {**dict(model.named_buffers()), **dict(model.named_parameters())}
-    expected = [n for n, p in model.named_parameters() if p.requires_grad]
-    expected += list(method.extra_state(model)) if method is not None else []
-    missing = [n for n in expected if n not in tensors]
-    unknown = [n for n in tensors if n not in targets]
-    if missing or unknown:
-        raise RuntimeError(f"checkpoint does not fit the model (missing {missing[:3]}, unexpected {unknown[:3]})")
-    with torch.no_grad():
-        for n, t in tensors.items():
-            targets[n].copy_(t)
+        method.load_trainable_state(model, tensors)
+    else:
+        load_trainable_state(model, tensors)
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
@@ -97,7 +88,7 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, loop_sta
     tmp = root / f".step-{step:07d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(trainable_state(model, method), tmp / "model.safetensors")
+    save_file(_state(model, method), tmp / "model.safetensors")
     opt_tensors, opt_meta = _optimizer_split(optimizer.state_dict())
     save_file(opt_tensors, tmp / "optimizer.safetensors")
     rng_tensors, rng_meta = _rng_state()
@@ -134,7 +125,7 @@ def latest_checkpoint(root: Path) -> Path | None:
 def load_checkpoint(path: Path, model, optimizer, scheduler, method=None) -> dict:
     """Restore everything saved by save_checkpoint; return the loop state."""
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    load_trainable_state(model, load_file(path / "model.safetensors"), method)
+    _load_state(model, load_file(path / "model.safetensors"), method)
     optimizer.load_state_dict(_optimizer_join(load_file(path / "optimizer.safetensors"), state["optimizer"]))
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(load_file(path / "rng.safetensors"), state["rng"])

@@ -1,16 +1,27 @@
 """The training loop: plain PyTorch on accelerate (device placement, mixed precision, backward,
-gradient clipping; multi-GPU through `accelerate launch`). Read it top to bottom.
+gradient clipping, and several processes through `accelerate launch`). Read it top to bottom.
+
+What the loop does not know: the run folder, the console, checkpoints, early stopping, time budgets,
+trackers, search pruners. Those are callbacks (train/callbacks.py) that see the loop at fixed points
+(train begin, each step's end, each validation, each save point, train end) and may ask it to stop.
 
 Resumable exactly: batch order is a pure function of (seed, epoch), and a checkpoint holds weights,
 optimizer, scheduler, RNG and loop state, so a resumed run takes the same steps as one that never
 stopped.
+
+Several processes (`accelerate launch --num_processes N`): every micro-batch of a step is cut into N
+row shards, one per process; the gradient of each shard is weighted by its share of the global batch
+(examples, or target tokens), gradients are synchronized once per optimizer step (not on accumulation
+micro-steps), and the logged loss is the global one, so N processes take the same steps as one process
+with the same global batch. Only the main process writes files or prints (the callbacks check).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,17 +30,8 @@ from accelerate import Accelerator
 from transformers import get_scheduler
 
 from tunelab.config.schema import TrainConfig
-from tunelab.console import console, task_bar
-from tunelab.errors import NonFiniteLossError
-from tunelab.runs.rundir import RunDir
-from tunelab.train.checkpoint import (
-    load_checkpoint,
-    load_trainable_state,
-    latest_checkpoint,
-    save_checkpoint,
-    trainable_state,
-)
-from tunelab.train.precision import resolve_device, resolve_precision, training_weights
+from tunelab.errors import NonFiniteLossError, TunelabError
+from tunelab.runtime import resolve_device, resolve_precision, training_weights
 
 
 @dataclass
@@ -47,6 +49,22 @@ class LoopHooks:
     weight: Callable[[dict], float] | None = None
 
 
+class Callback:
+    """Sees the loop at fixed points; every method is optional. `loop` is the running `Loop`: its
+    `state` dict (step, best_metric, ...), model, optimizer, scheduler, method; `loop.stop(reason)`
+    ends training after the current step (validated and saved first)."""
+
+    def on_train_begin(self, loop: Loop) -> None: ...
+
+    def on_step_end(self, loop: Loop, record: dict) -> None: ...
+
+    def on_evaluate(self, loop: Loop, metrics: dict, improved: bool) -> None: ...
+
+    def on_save(self, loop: Loop) -> None: ...
+
+    def on_train_end(self, loop: Loop) -> None: ...
+
+
 def rows(batch: dict) -> int:
     return len(next(iter(batch.values())))
 
@@ -60,6 +78,13 @@ def split_rows(batch: dict, max_tokens: int | None) -> list[dict]:
     if per >= n:
         return [batch]
     return [{k: v[i : i + per] for k, v in batch.items()} for i in range(0, n, per)]
+
+
+def shard(idx: np.ndarray, rank: int, world: int) -> tuple[np.ndarray, bool]:
+    """This process's rows of a micro-batch, and whether they are a stand-in: a process left without
+    rows still runs one (weighted 0) so that every process takes part in the gradient sync."""
+    mine = np.asarray(idx)[rank::world]
+    return (mine, False) if len(mine) else (np.asarray(idx)[:1], True)
 
 
 def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -80,12 +105,38 @@ def make_accelerator(cfg: TrainConfig) -> tuple[Accelerator, str]:
     return acc, precision
 
 
-def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, run: RunDir, *, resume: bool = False,
+class Loop:
+    """The state of one `fit`, as callbacks see it."""
+
+    def __init__(self, model, optimizer, scheduler, method, cfg: TrainConfig, state: dict, accelerator: Accelerator):
+        self.model, self.optimizer, self.scheduler, self.method = model, optimizer, scheduler, method
+        self.cfg, self.state, self.accelerator = cfg, state, accelerator
+        self.stop_reason: str | None = None
+
+    @property
+    def unwrapped(self) -> torch.nn.Module:
+        """The model without a DistributedDataParallel wrapper: parameter names as saved."""
+        return self.accelerator.unwrap_model(self.model)
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def stop(self, reason: str) -> None:
+        """End training after this step (early stopping, a time budget, a search pruner, a user)."""
+        self.stop_reason = self.stop_reason or reason
+        self.state["stop_reason"] = self.stop_reason
+        self.state["stopped_early"] = self.stop_reason == "early_stopping"
+
+
+def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, callbacks: Sequence[Callback] = (), *,
         method=None) -> dict:
-    """Train `model` in place. Returns the loop state (best metric and step, steps done, ...);
-    `run.best_dir` holds the best trainable weights (and the method's extra state). `method` (a tunelab
-    Method) may supply its own optimizer groups, hooks run around each optimizer step and extra state."""
+    """Train `model` in place. Returns the loop state (best metric and step, steps done, ...).
+    `method` (a tunelab Method) may supply its own optimizer groups, hooks run around each optimizer
+    step and extra state. Resuming is the Checkpointing callback's: it restores the state at train
+    begin and the loop continues from its step."""
     accelerator, precision = make_accelerator(cfg)
+    rank, world = accelerator.process_index, accelerator.num_processes
     groups = method.optimizer_groups(model, cfg.weight_decay, cfg.lr) if method is not None else None
     optimizer = torch.optim.AdamW(groups or decay_groups(model, cfg.weight_decay), lr=cfg.lr)
     micro_per_epoch = len(hooks.batches(0))
@@ -107,123 +158,102 @@ def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, run: RunDir,
     save_every = cfg.save_every_steps or steps_per_epoch
 
     state = {"step": 0, "best_metric": None, "best_step": None, "bad_evals": 0, "stopped_early": False,
-             "train_seconds": 0.0, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+             "stop_reason": None, "train_seconds": 0.0, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
              "precision": precision}
-    ckpt = latest_checkpoint(run.checkpoints) if resume else None
-    if ckpt is not None:
-        state.update(load_checkpoint(ckpt, model, optimizer, scheduler, method))
-        run.truncate_metrics(state["step"])
-        console.print(f"Resuming from {ckpt.name} (step {state['step']} of {total_steps})")
-    elif resume:
-        run.truncate_metrics(0)
+    loop = Loop(model, optimizer, scheduler, method, cfg, state, accelerator)
 
-    def evaluate_and_keep_best() -> None:
-        metrics = hooks.validate(model)
+    def emit(event: str, *args) -> None:
+        for cb in callbacks:
+            getattr(cb, event)(loop, *args)
+
+    def evaluate() -> None:
+        metrics = hooks.validate(loop.unwrapped)
         if hooks.metric not in metrics:
-            from tunelab.errors import TunelabError
-
             names = ", ".join(k for k, v in metrics.items() if isinstance(v, (int, float)))
             raise TunelabError(f"train.metric_for_best '{hooks.metric}' is not a validation metric of this task; choose one of: {names}")
-        value = metrics[hooks.metric]
-        run.log({"step": state["step"], "split": "validation", **{k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}})
-        best = state["best_metric"]
+        value, best = metrics[hooks.metric], state["best_metric"]
         improved = best is None or (value > best if hooks.higher_is_better else value < best)
         if improved:
-            state.update(best_metric=value, best_step=state["step"], bad_evals=0)
-            _save_best(run, model, method)
-        else:
-            state["bad_evals"] += 1
-            if cfg.early_stopping_patience and state["bad_evals"] >= cfg.early_stopping_patience:
-                state["stopped_early"] = True
-        console.print(
-            f"  step {state['step']:>5}  val {hooks.metric} {value:.4f}  val loss {metrics.get('loss') or 0:.4f}"
-            + ("  [green]best[/]" if improved else "") + ("  [yellow]early stop[/]" if state["stopped_early"] else "")
-        )
+            state.update(best_metric=value, best_step=state["step"])
+        emit("on_evaluate", metrics, improved)
 
-    # Under bf16 on CPU the frozen weights are held in bf16 for the loop: no re-cast per step, and a bf16
-    # residual stream instead of float32 casts before every linear map.
-    with task_bar("Training", total=total_steps) as advance, \
-            training_weights(model, precision, accelerator.device):
-        advance(state["step"])
-        while state["step"] < total_steps and not state["stopped_early"]:
-            epoch, done_in_epoch = divmod(state["step"], steps_per_epoch)
-            micro = hooks.batches(epoch)
-            groups = [micro[i : i + cfg.grad_accum] for i in range(0, len(micro), cfg.grad_accum)]
-            for group in groups[done_in_epoch:]:
-                if state["step"] >= total_steps or state["stopped_early"]:
-                    break
-                t0 = time.perf_counter()
-                model.train()
-                n_examples = sum(len(idx) for idx in group)
-                pieces = [p for idx in group for p in split_rows(hooks.collate(idx), cfg.max_batch_tokens)]
-                weights = [float(hooks.weight(p)) if hooks.weight else rows(p) for p in pieces]
-                total = sum(weights)
-                step_loss = 0.0
-                for batch, w in zip(pieces, weights):
-                    if w == 0 and total > 0:
-                        continue  # nothing to learn from in this piece (e.g. no reply tokens)
-                    batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-                    with accelerator.autocast():
-                        loss = hooks.loss(model, batch)
-                    if not torch.isfinite(loss):
-                        raise NonFiniteLossError(f"loss is {float(loss)} at step {state['step'] + 1}", state["step"] + 1)
-                    # Each piece counts by its share of what the loss averages over: the step's loss is
-                    # the mean over all of its examples (or target tokens), as one big batch would give.
-                    share = w / total if total else 1 / len(pieces)
-                    accelerator.backward(loss * share)
-                    step_loss += float(loss.detach()) * share
-                grad_norm = None
-                if cfg.max_grad_norm:
-                    grad_norm = float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm))
-                    if not math.isfinite(grad_norm):
-                        raise NonFiniteLossError(f"gradient norm is {grad_norm} at step {state['step'] + 1}", state["step"] + 1)
-                if method is not None:
-                    method.before_optimizer_step(model, optimizer, state["step"] + 1, total_steps)
-                optimizer.step()
-                scheduler.step()
-                if method is not None:
-                    method.on_optimizer_step(model, optimizer, state["step"] + 1, total_steps)
-                optimizer.zero_grad(set_to_none=True)
-                state["step"] += 1
-                dt = time.perf_counter() - t0
-                state["train_seconds"] += dt
-                run.log({"step": state["step"], "split": "train", "epoch": state["step"] / steps_per_epoch,
-                         "loss": step_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                         "examples": n_examples, "seconds": dt})
-                advance(1, info=f"loss {step_loss:.4f}")
-                last = state["step"] == total_steps or bool(cfg.max_minutes and state["train_seconds"] >= 60 * cfg.max_minutes)
-                if last:
-                    state["total_steps"] = total_steps = state["step"]  # a time budget ends the run here
-                if state["step"] % eval_every == 0 or last:
-                    evaluate_and_keep_best()
-                if state["step"] % save_every == 0 or last or state["stopped_early"]:
-                    save_checkpoint(run.checkpoints, state["step"], model, optimizer, scheduler, state, cfg.keep_checkpoints,
-                                    method)
+    def step_once(group: list) -> tuple[float, float | None]:
+        """One optimizer step over a group of micro-batches; returns (global loss, grad norm)."""
+        pieces = []  # (batch, weight): this process's rows, cut to the token budget
+        for idx in group:
+            mine, stand_in = shard(idx, rank, world) if world > 1 else (idx, False)
+            for p in split_rows(hooks.collate(mine), cfg.max_batch_tokens):
+                pieces.append((p, 0.0 if stand_in else float(hooks.weight(p)) if hooks.weight else float(rows(p))))
+        local = sum(w for _, w in pieces)
+        total = float(accelerator.reduce(torch.tensor(local, device=accelerator.device), "sum")) if world > 1 else local
+        if world == 1:  # nothing to learn from in a piece without targets (e.g. no reply tokens)
+            pieces = [(b, w) for b, w in pieces if w or not total] or pieces[:1]
+        step_loss = torch.zeros((), device=accelerator.device)
+        for i, (batch, w) in enumerate(pieces):
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            # Gradients are synchronized on the last piece of the step only.
+            sync = i == len(pieces) - 1
+            with contextlib.nullcontext() if sync or world == 1 else accelerator.no_sync(model):
+                with accelerator.autocast():
+                    loss = hooks.loss(model, batch)
+                if w == 0 and world > 1:
+                    loss = loss.nan_to_num(0.0)  # a stand-in or target-free piece: takes part, adds nothing
+                elif not torch.isfinite(loss):
+                    raise NonFiniteLossError(f"loss is {float(loss)} at step {state['step'] + 1}", state["step"] + 1)
+                # Each piece counts by its share of what the loss averages over in the whole step (all
+                # processes): the step's loss is the mean over all of its examples (or target tokens), as
+                # one big batch would give. DDP averages gradients over processes, hence * world.
+                share = w / total if total else 1 / len(pieces)
+                accelerator.backward(loss * share * world)
+            step_loss += loss.detach().float() * share
+        if world > 1:
+            step_loss = accelerator.reduce(step_loss, "sum")
+        grad_norm = None
+        if cfg.max_grad_norm:
+            grad_norm = float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm))
+            if not math.isfinite(grad_norm):
+                raise NonFiniteLossError(f"gradient norm is {grad_norm} at step {state['step'] + 1}", state["step"] + 1)
+        return float(step_loss), grad_norm
+
+    emit("on_train_begin")
+    total_steps = state["total_steps"] = min(state["total_steps"], total_steps)
+    try:
+        # Under bf16 on CPU the frozen weights are held in bf16 for the loop: no re-cast per step, and a
+        # bf16 residual stream instead of float32 casts before every linear map.
+        with training_weights(loop.unwrapped, precision, accelerator.device):
+            while state["step"] < total_steps and loop.stop_reason is None:
+                epoch, done_in_epoch = divmod(state["step"], steps_per_epoch)
+                micro = hooks.batches(epoch)
+                step_groups = [micro[i : i + cfg.grad_accum] for i in range(0, len(micro), cfg.grad_accum)]
+                for group in step_groups[done_in_epoch:]:
+                    if state["step"] >= total_steps or loop.stop_reason is not None:
+                        break
+                    t0 = time.perf_counter()
+                    model.train()
+                    step_loss, grad_norm = step_once(group)
+                    if method is not None:
+                        method.before_optimizer_step(loop.unwrapped, optimizer, state["step"] + 1, total_steps)
+                    optimizer.step()
+                    scheduler.step()
+                    if method is not None:
+                        method.on_optimizer_step(loop.unwrapped, optimizer, state["step"] + 1, total_steps)
+                    optimizer.zero_grad(set_to_none=True)
+                    state["step"] += 1
+                    dt = time.perf_counter() - t0
+                    state["train_seconds"] += dt
+                    emit("on_step_end", {"step": state["step"], "split": "train", "epoch": state["step"] / steps_per_epoch,
+                                         "loss": step_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                                         "examples": sum(len(idx) for idx in group), "seconds": dt})
+                    last = state["step"] == total_steps or loop.stop_reason is not None
+                    if last:
+                        state["total_steps"] = total_steps = state["step"]  # a stop ends the run here
+                    if state["step"] % eval_every == 0 or last:
+                        evaluate()
+                    if state["step"] % save_every == 0 or last or loop.stop_reason is not None:
+                        emit("on_save")
+    finally:
+        emit("on_train_end")
     return state
-
-
-def _save_best(run: RunDir, model: torch.nn.Module, method=None) -> None:
-    import os
-    import shutil
-
-    from safetensors.torch import save_file
-
-    tmp = run.path / ".best.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(trainable_state(model, method), tmp / "model.safetensors")
-    old = run.path / ".best.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if run.best_dir.exists():
-        os.replace(run.best_dir, old)
-    os.replace(tmp, run.best_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def load_best(run: RunDir, model: torch.nn.Module, method=None) -> None:
-    from safetensors.torch import load_file
-
-    load_trainable_state(model, load_file(run.best_dir / "model.safetensors"), method)
 
 
 def set_seed(seed: int) -> None:

@@ -7,39 +7,27 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import torch
 from transformers import TextIteratorStreamer
 
-from tunelab.config.schema import GenerateConfig, ModelConfig
+from tunelab.config.schema import GenerateConfig
 from tunelab.console import console, status
 from tunelab.errors import TunelabError
-from tunelab.tasks.generation import generation_kwargs
+from tunelab.session import Predictor
 from tunelab.tasks.prompts import Renderer
 
 
-def load_chat_model(target: str):
-    """(tokenizer, model, seq2seq, default GenerateConfig, system prompt) for a run folder or a model name."""
-    from tunelab.methods import get_method
-    from tunelab.runs.rundir import RunDir
-    from tunelab.tasks import get_task
-
-    if (Path(target) / "config.yaml").is_file():
-        run = RunDir.open(target)
-        cfg = run.config()
-        if cfg.task.type == "classification":
-            raise TunelabError(f"run '{target}' is a classification run; use `tunelab predict {target} \"text\"`")
-        if not (run.adapter_dir / "adapter_config.json").is_file() and not (run.adapter_dir / "tunelab_method.json").is_file():
-            raise TunelabError(f"run '{target}' has no saved adapter yet; resume it with `tunelab train --resume {target}`")
-        task = get_task(cfg.task.type)
-        method = get_method(cfg.method.name)(cfg.method)
-        with status(f"Loading {cfg.model.name} + adapter"):
-            tok, base = task.load(cfg.model, **method.model_load_kwargs())
-            model = method.load(base, run.adapter_dir)
-        return tok, model.eval(), task.seq2seq, cfg.generate, cfg.task.system_prompt
-    task = get_task("chat")
+def load_chat_model(target: str) -> tuple[Predictor, GenerateConfig]:
+    """The predictor of a generative run folder or of a model name / folder, and its decoding settings."""
     with status(f"Loading {target}"):
-        tok, model = task.load(ModelConfig(name=target))
-    return tok, model.eval(), task.seq2seq, GenerateConfig(max_new_tokens=256, do_sample=True, temperature=0.7, top_p=0.9), None
+        if (Path(target) / "config.yaml").is_file():
+            predictor = Predictor.from_run(target)
+            if predictor.kind != "generation":
+                raise TunelabError(f"run '{target}' is a {predictor.kind} run; use `tunelab predict {target} \"text\"`")
+            return predictor, predictor.cfg.generate
+        predictor = Predictor.from_model_folder(target)
+    if predictor.kind != "generation":
+        raise TunelabError(f"'{target}' is a {predictor.kind} model; chat needs a text generator")
+    return predictor, GenerateConfig(max_new_tokens=256, do_sample=True, temperature=0.7, top_p=0.9)
 
 
 def trim_history(tok, renderer: Renderer, history: list[dict], budget: int) -> list[dict]:
@@ -56,14 +44,15 @@ def trim_history(tok, renderer: Renderer, history: list[dict], budget: int) -> l
 
 
 def chat(target: str, system: str | None = None, max_new_tokens: int | None = None, context: int = 2048) -> None:
-    tok, model, seq2seq, gen, run_system = load_chat_model(target)
+    predictor, gen = load_chat_model(target)
     if max_new_tokens:
         gen = gen.model_copy(update={"max_new_tokens": max_new_tokens})
-    renderer = Renderer(tok, seq2seq)
-    window = min(context, getattr(model.config, "max_position_embeddings", context) or context)
+    tok = predictor.tokenizer
+    renderer = Renderer(tok, predictor.seq2seq)
+    window = min(context, predictor.context)
     history: list[dict] = []
-    if system or run_system:
-        history.append({"role": "system", "content": system or run_system})
+    if system or predictor.system_prompt:
+        history.append({"role": "system", "content": system or predictor.system_prompt})
     console.print(f"[dim]Chatting with {target}. Ctrl-D or Ctrl-C to quit.[/]")
     while True:
         try:
@@ -76,10 +65,8 @@ def chat(target: str, system: str | None = None, max_new_tokens: int | None = No
         history.append({"role": "user", "content": text})
         history = trim_history(tok, renderer, history, window - gen.max_new_tokens)
         prompt = renderer.render(history, add_generation_prompt=True)
-        inputs = tok(prompt, return_tensors="pt", add_special_tokens=seq2seq, return_token_type_ids=False)
-        streamer = TextIteratorStreamer(tok, skip_prompt=not seq2seq, skip_special_tokens=True)
-        kwargs = {**inputs, **generation_kwargs(tok, gen), "streamer": streamer}
-        worker = threading.Thread(target=_generate, args=(model, kwargs), daemon=True)
+        streamer = TextIteratorStreamer(tok, skip_prompt=not predictor.seq2seq, skip_special_tokens=True)
+        worker = threading.Thread(target=predictor.stream, args=(prompt, gen, streamer), daemon=True)
         worker.start()
         console.print("[bold blue]bot>[/] ", end="")
         reply = []
@@ -93,8 +80,3 @@ def chat(target: str, system: str | None = None, max_new_tokens: int | None = No
         worker.join()
         console.print()
         history.append({"role": "assistant", "content": "".join(reply).strip()})
-
-
-@torch.no_grad()
-def _generate(model, kwargs) -> None:
-    model.generate(**kwargs)

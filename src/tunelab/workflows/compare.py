@@ -76,8 +76,11 @@ def compare(recipe: str | None, methods: list[str] | None = None, overrides: lis
     root = Path(out) if out else Path((raw.get("output") or {}).get("root", "runs")) / f"compare-{raw['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
     root.mkdir(parents=True, exist_ok=True)
     raws = {m: method_raw(raw, spec, m, root) for m in names}
-    for m, r in raws.items():  # validate every config before spending time on the first training
-        validate_config(r)
+    # Validate every config before spending time on the first training.
+    configs = {m: validate_config(r) for m, r in raws.items()}
+    from tunelab.tasks import make_task
+
+    metric = make_task(configs[names[0]]).metric_for_best()
     console.print(f"[bold]Compare[/] {len(names)} methods -> {root}")
     results = []
     ctx = mp.get_context("spawn")
@@ -97,8 +100,8 @@ def compare(recipe: str | None, methods: list[str] | None = None, overrides: lis
             res.update(status="failed", error=err)
             console.print(f"[red]{m} failed:[/] {err}")
         results.append(res)
-        atomic_write_json(root / "compare.json", _document(raw, names, results))  # partial results survive
-    doc = _document(raw, names, results)
+        atomic_write_json(root / "compare.json", _document(raw, names, results, metric))  # partial results survive
+    doc = _document(raw, names, results, metric)
     atomic_write_json(root / "compare.json", doc)
     write_compare_report(root, doc)
     print_table(doc)
@@ -106,9 +109,9 @@ def compare(recipe: str | None, methods: list[str] | None = None, overrides: lis
     return root
 
 
-def _document(raw: dict, names: list[str], results: list[dict]) -> dict:
+def _document(raw: dict, names: list[str], results: list[dict], metric: str) -> dict:
     return {"recipe": raw.get("name"), "model": (raw.get("model") or {}).get("name"), "methods": names,
-            "metric": (raw.get("train") or {}).get("metric_for_best", "macro_f1"), "results": results}
+            "metric": metric, "results": results}
 
 
 def _read(path: Path):
@@ -120,11 +123,9 @@ def _read(path: Path):
 
 def _child(raw: dict, latency_batch: int, repeats: int) -> None:
     """Train one method, reload its adapter, time inference; write compare_result.json."""
-    import os
-    import warnings
+    from tunelab.console import quiet_libraries
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore")
+    quiet_libraries()
     out_dir = Path(raw["output"]["dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -134,7 +135,7 @@ def _child(raw: dict, latency_batch: int, repeats: int) -> None:
         run = train(cfg, overwrite=True)
         summary = json.loads(run.summary_path.read_text(encoding="utf-8"))
         latency = measure_latency(str(run.path), latency_batch, repeats)
-        metric = cfg.train.metric_for_best
+        metric = summary["metric"]  # the recipe's train.metric_for_best, or the task's own default
         losses = [(r["step"], r["loss"]) for r in run.metrics() if r.get("split") == "train"]
         result = {
             "status": "ok", "trainable_params": summary["trainable_params"], "total_params": summary["total_params"],
@@ -157,29 +158,29 @@ def adapter_bytes(adapter_dir: Path) -> int:
 
 def measure_latency(run_path: str, batch: int, repeats: int) -> dict:
     """Median wall time of one forward pass over `batch` test texts, with the adapter reloaded from disk."""
-    import numpy as np
     import torch
 
-    from tunelab.data import load_splits
-    from tunelab.train.precision import autocast
-    from tunelab.workflows.common import load_run
+    from tunelab.runtime import autocast
+    from tunelab.session import Predictor
 
-    lr = load_run(run_path)
-    test = load_splits(lr.cfg.data, lr.cfg.task).test
-    texts = test["text"].tolist()[:batch]
-    enc = lr.tokenizer(texts, truncation=True, max_length=lr.cfg.model.max_length, padding=True, return_tensors="pt")
-    device = next(lr.model.parameters()).device
-    enc = {k: v.to(device) for k, v in enc.items()}
+    predictor = Predictor.from_run(run_path)
+    texts = predictor.task.probe_inputs(batch)  # the run's own test inputs, as the model reads them
+    tok = predictor.tokenizer
+    enc = tok(texts, truncation=True, max_length=predictor.cfg.model.max_length, padding=True, return_tensors="pt")
+    device = next(predictor.model.parameters()).device
+    enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+    if predictor.seq2seq:
+        enc["decoder_input_ids"] = enc["input_ids"][:, :1]
     times = []
     with torch.no_grad():
         for i in range(repeats + 1):
             t0 = time.perf_counter()
-            with autocast(lr.precision, device.type):
-                lr.model(**enc)
+            with autocast(predictor.precision, device.type):
+                predictor.model(**enc)
             if i:  # the first call warms up
                 times.append((time.perf_counter() - t0) * 1000)
     return {"latency_ms": round(statistics.median(times), 2), "latency_batch": len(texts),
-            "latency_precision": lr.precision, "reload_ok": True}
+            "latency_precision": predictor.precision, "reload_ok": True}
 
 
 # -- report ------------------------------------------------------------------------------------

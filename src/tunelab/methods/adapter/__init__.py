@@ -52,6 +52,7 @@ class Bottleneck(Injected):
 class AdapterMethod(OwnMethod):
     name = "adapter"
     config_cls = AdapterConfig
+    mergeable = False
     why_not_mergeable = "a bottleneck adapter is a non-linear function of the layer output, not a weight update"
 
     def inject(self, model, head_modules):

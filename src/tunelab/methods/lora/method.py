@@ -49,6 +49,7 @@ def lora_peft_config(c, head_modules: list[str], peft_task_type: str | None, **e
 class LoraMethod(PeftMethod):
     name = "lora"
     config_cls = LoraConfig
+    serving_engines = frozenset({"torch", "vllm"})  # vLLM loads peft LoRA folders as they are
 
     def peft_config(self, head_modules, peft_task_type):
         return lora_peft_config(self.cfg, head_modules, peft_task_type)

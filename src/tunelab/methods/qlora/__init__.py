@@ -12,9 +12,8 @@ from tunelab.console import console
 from tunelab.errors import TunelabError
 from tunelab.methods.base import register
 from tunelab.methods.lora.method import LoraConfig, LoraMethod
+from tunelab.models.heads import FRESH_MODULES
 
-#: modules a task adds fresh (classification heads, a masked-LM checkpoint's pooler): never quantized
-FRESH_MODULES = ["classifier", "score", "pooler", "lm_head"]
 
 
 class QLoraConfig(LoraConfig):
@@ -44,9 +43,9 @@ class QLoraMethod(LoraMethod):
             q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=c.quant_type,
                                    bnb_4bit_use_double_quant=c.double_quant,
                                    bnb_4bit_compute_dtype=getattr(torch, c.compute_dtype),
-                                   llm_int8_skip_modules=FRESH_MODULES)
+                                   llm_int8_skip_modules=list(FRESH_MODULES))
         else:
-            q = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=FRESH_MODULES)
+            q = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(FRESH_MODULES))
         return {"quantization_config": q, "device_map": device or ("cuda" if torch.cuda.is_available() else "cpu")}
 
     def apply(self, model, *, head_modules, peft_task_type):
@@ -59,6 +58,9 @@ class QLoraMethod(LoraMethod):
     def load(self, base, adapter_dir, *, trainable=False):
         no_cpu_repacking(base)
         return super().load(base, adapter_dir, trainable=trainable)
+
+    def fresh_modules(self, head_modules):
+        return sorted(set(head_modules) | set(FRESH_MODULES))
 
     def info(self) -> dict:
         return getattr(self, "_info", {})

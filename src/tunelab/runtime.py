@@ -1,10 +1,15 @@
-"""Pick the hardware side of a run: the device, and the compute precision (bf16 autocast where the
-hardware does bf16 natively, else fp32). Master weights and optimizer state always stay fp32."""
+"""The hardware side of training and inference alike: the device, the compute precision (bf16 autocast
+where the hardware does bf16 natively, else fp32), half-precision weights, threads and the process's
+place in a distributed run. Master weights and optimizer state always stay fp32.
+
+Both sides use it (train/ and the inference layer), so it sits low: it imports nothing of tunelab but
+errors."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 
 import torch
 
@@ -108,9 +113,27 @@ def training_weights(model: torch.nn.Module, precision: str, device: torch.devic
 
 
 def default_threads() -> int:
-    import os
-
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def setup_threads(threads: int | None = None) -> None:
+    torch.set_num_threads(threads or default_threads())
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) of this process: `accelerate launch` / torchrun set RANK and WORLD_SIZE."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main_process() -> bool:
+    """Only the main process writes files and prints in a multi-process run."""
+    return process_rank()[0] == 0

@@ -1,4 +1,4 @@
-"""Parameter accounting: what a method trains, by module type."""
+"""`tunelab params`: trainable vs total parameters of a model + method, by kind of parameter."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from collections import defaultdict
 from rich.table import Table
 
 from tunelab.config.schema import RunConfig
-from tunelab.methods.base import count_parameters
+from tunelab.models.state import count_parameters
+from tunelab.tasks import make_task
 
 
 def lora_matrix_params(d: int, k: int, r: int) -> int:
@@ -16,14 +17,18 @@ def lora_matrix_params(d: int, k: int, r: int) -> int:
 
 
 def parameter_table(cfg: RunConfig) -> Table:
-    from tunelab.workflows.common import build_model
+    """Built as training would build it (the task's head, then the method), without any data."""
+    from tunelab.methods import get_method
 
-    labels = cfg.task.labels or ["label_0", "label_1", "label_2"]
-    _, _, model, _ = build_model(cfg, labels)
+    task, method = make_task(cfg), get_method(cfg.method.name)(cfg.method)
+    task.labels = getattr(cfg.task, "labels", None) or ["label_0", "label_1", "label_2"]
+    _, model = task.load_model(**method.model_load_kwargs("cpu"))
+    heads = task.head_modules(model)
+    model = method.apply(model, head_modules=heads, peft_task_type=task.peft_task_type)
     trainable, total = count_parameters(model)
     groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for name, p in model.named_parameters():
-        kind = ("lora" if "lora_" in name else "task head" if any(h in name for h in ("classifier", "score"))
+        kind = ("lora" if "lora_" in name else "task head" if any(f".{h}." in f".{name}" for h in heads)
                 else "frozen backbone" if not p.requires_grad else "backbone (trained)")
         groups[kind][0] += p.numel()
         groups[kind][1] += p.numel() if p.requires_grad else 0
