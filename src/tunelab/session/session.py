@@ -12,7 +12,7 @@
 
 or all of it: `Session.from_config(cfg).run()`. The task unit (tunelab/tasks/<type>/) and the method
 unit (tunelab/methods/<name>/) supply everything that differs; nothing here asks which task or method
-it has. Under `accelerate launch` every process runs the pipeline, the loop shards the batches, and
+it has. Under torchrun (or `accelerate launch`) every process runs the pipeline, the loop shards the batches, and
 only the main process writes the run folder or prints.
 """
 
@@ -234,7 +234,7 @@ class Session:
 
 
 def _shared_run_dir(cfg: RunConfig, overwrite: bool) -> RunDir:
-    """The run folder: made by the main process; under `accelerate launch` the others get its path."""
+    """The run folder: made by the main process; under torchrun the others get its path."""
     rank, world = process_rank()
     if world == 1:
         return RunDir.create(cfg, overwrite=overwrite)

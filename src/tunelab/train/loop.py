@@ -1,5 +1,5 @@
 """The training loop: plain PyTorch on accelerate (device placement, mixed precision, backward,
-gradient clipping, and several processes through `accelerate launch`). Read it top to bottom.
+gradient clipping, and several processes through torchrun or `accelerate launch`). Read it top to bottom.
 
 What the loop does not know: the run folder, the console, checkpoints, early stopping, time budgets,
 trackers, search pruners. Those are callbacks (train/callbacks.py) that see the loop at fixed points
@@ -9,7 +9,7 @@ Resumable exactly: batch order is a pure function of (seed, epoch), and a checkp
 optimizer, scheduler, RNG and loop state, so a resumed run takes the same steps as one that never
 stopped.
 
-Several processes (`accelerate launch --num_processes N`): every micro-batch of a step is cut into N
+Several processes (`torchrun --nproc_per_node N`): every micro-batch of a step is cut into N
 row shards, one per process; the gradient of each shard is weighted by its share of the global batch
 (examples, or target tokens), gradients are synchronized once per optimizer step (not on accumulation
 micro-steps), and the logged loss is the global one, so N processes take the same steps as one process
