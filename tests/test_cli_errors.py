@@ -1,8 +1,10 @@
-"""Every user error is one line starting with `error:`, a non-zero exit, and no traceback."""
+"""Every user error is one line starting with `error:`, a non-zero exit, and no traceback. The CLI's
+printing and exit code are checked on a few commands in a subprocess; the errors themselves in-process
+(the same TunelabError the CLI prints)."""
 
 import pytest
 
-from conftest import TINY, run_cli
+from conftest import TINY, one_line_error, run_cli, train
 
 
 def _one_line_error(proc, pattern):
@@ -25,25 +27,32 @@ def _one_line_error(proc, pattern):
         (["method.target_modules=[q_proj]"], r"target module\(s\) q_proj not found"),
     ],
 )
-def test_train_errors(args, pattern):
-    _one_line_error(run_cli("train", *TINY, *args), pattern)
+def test_train_errors(args, pattern, tmp_path):
+    one_line_error(lambda: train(*TINY, *args, f"output.dir={tmp_path / 'r'}"), pattern)
+
+
+def test_the_cli_prints_one_error_line_and_exits_2():
+    _one_line_error(run_cli("train", *TINY, "train.learning_rate=1e-3"), r"unknown key 'train.learning_rate'")
 
 
 def test_missing_column_and_empty_data(tmp_path, tweets_csv):
-    _one_line_error(run_cli("train", *TINY, f"data.path={tweets_csv}"), r"has no column 'text'.*set data.text_column")
+    one_line_error(lambda: train(*TINY, f"data.path={tweets_csv}", f"output.dir={tmp_path / 'a'}"),
+                   r"has no column 'text'.*set data.text_column")
     empty = tmp_path / "e.csv"
     empty.write_text("text,label\n")
-    _one_line_error(run_cli("train", *TINY, f"data.path={empty}"), r"no usable rows")
+    one_line_error(lambda: train(*TINY, f"data.path={empty}", f"output.dir={tmp_path / 'b'}"), r"no usable rows")
 
 
 def test_encoding_and_unseen_test_labels(tmp_path):
     bad = tmp_path / "latin.csv"
     bad.write_bytes(("text,label\n" + "".join(f"caf\xe9 {i},{'ab'[i % 2]}\n" for i in range(40))).encode("latin-1"))
-    _one_line_error(run_cli("train", *TINY, f"data.path={bad}"), r"not valid utf-8.*data.encoding=latin-1")
+    one_line_error(lambda: train(*TINY, f"data.path={bad}", f"output.dir={tmp_path / 'a'}"),
+                   r"not valid utf-8.*data.encoding=latin-1")
     tr, te = tmp_path / "tr.csv", tmp_path / "te.csv"
     tr.write_text("text,label\n" + "".join(f"t{i},{'ab'[i % 2]}\n" for i in range(40)))
     te.write_text("text,label\nx,a\ny,zebra\n")
-    _one_line_error(run_cli("train", *TINY, f"data.train_path={tr}", f"data.test_path={te}"), r"labels in test not in train: zebra")
+    one_line_error(lambda: train(*TINY, f"data.train_path={tr}", f"data.test_path={te}", f"output.dir={tmp_path / 'b'}"),
+                   r"labels in test not in train: zebra")
 
 
 def test_eval_of_a_folder_that_is_not_a_run(tmp_path):

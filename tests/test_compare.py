@@ -3,7 +3,7 @@ is reported as failed with its error while the others still run; report files an
 
 import json
 
-from conftest import run_cli
+from conftest import one_line_error, run_cli
 
 
 def test_compare_runs_methods_reports_failures_and_writes_reports(tmp_path):
@@ -29,5 +29,7 @@ def test_compare_runs_methods_reports_failures_and_writes_reports(tmp_path):
 
 
 def test_compare_rejects_unknown_method_before_training(tmp_path):
-    proc = run_cli("compare", "sentiment-compare", "--methods", "lora,lorax", "--out", str(tmp_path / "c"))
-    assert proc.returncode == 2 and "unknown method(s) lorax" in proc.stdout
+    from tunelab.workflows.compare import compare
+
+    one_line_error(lambda: compare("sentiment-compare", ["lora", "lorax"], out=str(tmp_path / "c")), r"unknown method\(s\) lorax")
+    assert not (tmp_path / "c").exists()

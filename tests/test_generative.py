@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
-from conftest import bound_task, read_summary, run_cli
+from conftest import bound_task, read_summary, run_cli, train
 from tunelab.config import load_config
 from tunelab.config.schema import GenerateConfig
 from tunelab.models.catalog import resolve_model
@@ -198,10 +198,10 @@ def test_generation_stops_at_eos(tiny_llama, smol_tok):
 
 def test_t5_path_trains_saves_and_plain_peft_generates_the_same(tiny_t5, qa_file, tmp_path):
     out = tmp_path / "t5run"
-    run_cli("train", "task.type=qa", f"model.name={tiny_t5}", f"data.path={qa_file}", "data.columns={question: q, answer: a}",
-            "method.target_modules=null", "train.epochs=2", "train.lr=5e-3", "eval.max_samples=8", "eval.k_shot=1",
-            "generate.max_new_tokens=6", "model.max_length=64", "model.max_target_length=16", "train.precision=fp32",
-            f"output.dir={out}", check=True)
+    train("task.type=qa", f"model.name={tiny_t5}", f"data.path={qa_file}", "data.columns={question: q, answer: a}",
+          "method.target_modules=null", "train.epochs=2", "train.lr=5e-3", "eval.max_samples=8", "eval.k_shot=1",
+          "generate.max_new_tokens=6", "model.max_length=64", "model.max_target_length=16", "train.precision=fp32",
+          f"output.dir={out}")
     s = read_summary(out)
     assert s["architecture"] == "encoder-decoder"
     assert {"zero-shot", "1-shot", "after"} <= set(s["test"])
@@ -222,10 +222,10 @@ def test_t5_path_trains_saves_and_plain_peft_generates_the_same(tiny_t5, qa_file
 
 def test_decoder_path_end_to_end_with_packing(tiny_llama, qa_file, tmp_path):
     out = tmp_path / "llamarun"
-    run_cli("train", "task.type=qa", f"model.name={tiny_llama}", f"data.path={qa_file}", "data.columns={question: q, answer: a}",
-            "method.target_modules=null", "train.epochs=2", "train.lr=5e-3", "train.packing=true", "eval.max_samples=8",
-            "eval.k_shot=2", "generate.max_new_tokens=6", "model.max_length=128", "train.precision=fp32",
-            f"output.dir={out}", check=True)
+    train("task.type=qa", f"model.name={tiny_llama}", f"data.path={qa_file}", "data.columns={question: q, answer: a}",
+          "method.target_modules=null", "train.epochs=2", "train.lr=5e-3", "train.packing=true", "eval.max_samples=8",
+          "eval.k_shot=2", "generate.max_new_tokens=6", "model.max_length=128", "train.precision=fp32",
+          f"output.dir={out}")
     s = read_summary(out)
     assert s["architecture"] == "decoder-only"
     assert s["test"]["after"]["loss"] < s["test"]["zero-shot"]["loss"]

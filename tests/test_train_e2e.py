@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY, read_summary, run_cli
+from conftest import TINY, one_line_error, read_summary, run_cli, train
 
 
 def test_run_folder_has_everything(tiny_run):
@@ -87,16 +87,14 @@ def test_predict_texts_and_file(tiny_run, tmp_path, tweets_csv):
 
 def test_output_folder_that_holds_a_run_is_refused(tiny_run):
     before = (tiny_run / "summary.json").read_text()
-    proc = run_cli("train", *TINY, "train.max_steps=2", f"output.dir={tiny_run}")
-    assert proc.returncode == 2
-    assert "already holds a run; pass --overwrite" in proc.stdout
+    one_line_error(lambda: train(*TINY, "train.max_steps=2", f"output.dir={tiny_run}"), "already holds a run; pass --overwrite")
     assert (tiny_run / "summary.json").read_text() == before  # nothing lost
 
 
 def test_overwrite_replaces_the_run(tmp_path):
     out = tmp_path / "r"
-    run_cli("train", *TINY, "train.max_steps=2", f"output.dir={out}", check=True)
-    run_cli("train", *TINY, "train.max_steps=3", f"output.dir={out}", "--overwrite", check=True)
+    train(*TINY, "train.max_steps=2", f"output.dir={out}")
+    train(*TINY, "train.max_steps=3", f"output.dir={out}", overwrite=True)
     assert read_summary(out)["steps"] == 3
 
 
@@ -108,7 +106,7 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path):
     args = [*TINY, "train.epochs=3", "train.save_every_steps=4", "train.eval_every_steps=6", "train.lr=2e-3",
             "train.early_stopping_patience=null"]  # all 45 steps, whatever the validation curve
     full = tmp_path / "full"
-    run_cli("train", *args, f"output.dir={full}", check=True)
+    train(*args, f"output.dir={full}")
 
     cut = tmp_path / "cut"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -125,7 +123,7 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path):
     proc.wait()
     assert not (cut / "summary.json").exists()
 
-    run_cli("train", "--resume", str(cut), check=True)
+    run_cli("train", "--resume", str(cut), check=True)  # the CLI's --resume, in a subprocess like the killed run
     a, b = read_summary(full), read_summary(cut)
     assert a["steps"] == b["steps"] == 45
     assert a["test"]["after"] == b["test"]["after"]
@@ -144,10 +142,8 @@ def test_resume_a_complete_run_is_refused(tiny_run):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     out = tmp_path / "nan"
-    proc = run_cli("train", *TINY, "train.lr=1e30", "train.warmup_ratio=0", "train.max_grad_norm=null",
-                   "train.precision=fp32", "train.save_every_steps=1", f"output.dir={out}")
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    line = [x for x in proc.stdout.splitlines() if x.startswith("error:")][0]
+    line = one_line_error(lambda: train(*TINY, "train.lr=1e30", "train.warmup_ratio=0", "train.max_grad_norm=null",
+                                        "train.precision=fp32", "train.save_every_steps=1", f"output.dir={out}"), "loss is nan")
     assert "training stopped: loss is nan at step" in line and "kept the last good checkpoint" in line
     failed = json.loads((out / "failed.json").read_text())
     good = int(open(out / "checkpoints" / "latest").read().split("-")[1])

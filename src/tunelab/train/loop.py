@@ -31,7 +31,7 @@ from transformers import get_scheduler
 
 from tunelab.config.schema import TrainConfig
 from tunelab.errors import NonFiniteLossError, TunelabError
-from tunelab.runtime import resolve_device, resolve_precision, training_weights
+from tunelab.runtime import autocast, resolve_device, resolve_precision, training_weights
 
 
 @dataclass
@@ -101,7 +101,10 @@ def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 def make_accelerator(cfg: TrainConfig) -> tuple[Accelerator, str]:
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    acc = Accelerator(cpu=device == "cpu", mixed_precision={"fp32": "no"}.get(precision, precision))
+    # bf16 autocast is ours (runtime.autocast around forward + loss), not accelerate's: its state is one
+    # per process and refuses another mixed_precision, and in-process runs (a tuning study, the Python
+    # API) change precision between fits. fp16 stays with accelerate for its gradient scaler.
+    acc = Accelerator(cpu=device == "cpu", mixed_precision="fp16" if precision == "fp16" else "no")
     return acc, precision
 
 
@@ -194,12 +197,12 @@ def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, callbacks: S
             # Gradients are synchronized on the last piece of the step only.
             sync = i == len(pieces) - 1
             with contextlib.nullcontext() if sync or world == 1 else accelerator.no_sync(model):
-                with accelerator.autocast():
+                with autocast(precision, accelerator.device):
                     loss = hooks.loss(model, batch)
                 if w == 0 and world > 1:
                     loss = loss.nan_to_num(0.0)  # a stand-in or target-free piece: takes part, adds nothing
                 elif not torch.isfinite(loss):
-                    raise NonFiniteLossError(f"loss is {float(loss)} at step {state['step'] + 1}", state["step"] + 1)
+                    raise NonFiniteLossError(f"loss is {float(loss.detach())} at step {state['step'] + 1}", state["step"] + 1)
                 # Each piece counts by its share of what the loss averages over in the whole step (all
                 # processes): the step's loss is the mean over all of its examples (or target tokens), as
                 # one big batch would give. DDP averages gradients over processes, hence * world.
