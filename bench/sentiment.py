@@ -69,7 +69,7 @@ def run_hf(size: int, device: str = "cpu") -> dict:
 
     from tunelab.data import load_splits
     from tunelab.models.catalog import resolve_model
-    from tunelab.tasks.classification import ClassificationTask
+    from tunelab.tasks import make_task
 
     cfg = config(size)
     splits = load_splits(cfg.data, cfg.task.labels)
@@ -96,9 +96,9 @@ def run_hf(size: int, device: str = "cpu") -> dict:
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=DataCollatorWithPadding(tok),
                       callbacks=[clock])
     out = trainer.train()
-    task = ClassificationTask()
-    val = task.encode(tok, splits.validation, labels, cfg.model.max_length)
-    metrics = task.evaluate(model, tok, val, labels, 128, "fp32")
+    task = make_task(cfg)  # the same evaluation code as tunelab's side
+    task.tok, task.labels, task.precision = tok, labels, "fp32"
+    metrics = task.metrics(model.eval(), task.encode(tok, splits.validation, None), None)
     trained = [len(x) for x in ds["input_ids"]]
     return record("hf", "fp32", model, trained, out.global_step, clock.t.seconds, metrics, splits)
 
