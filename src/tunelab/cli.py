@@ -116,6 +116,26 @@ def compare_(
 
 
 @app.command()
+def tune(
+    recipe: RecipeArg = None,
+    overrides: OverridesArg = None,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage: sqlite:///x.db, postgresql://..., or a journal file "
+                                                   "(x.log); default: study.db in the tune folder")] = None,
+    study: Annotated[Optional[str], typer.Option(help="study name; the same name on the same storage joins that study")] = None,
+    out: Annotated[Optional[str], typer.Option(help="tune folder (default: runs/tune-RECIPE-TIMESTAMP); an existing one resumes")] = None,
+    rank: Annotated[bool, typer.Option("--rank", help="rank selection: double method.r while validation gains > tune.min_gain")] = False,
+    n_trials: Annotated[Optional[int], typer.Option(help="trials in the whole study (default: tune.n_trials)")] = None,
+    timeout_minutes: Annotated[Optional[float], typer.Option(help="this worker starts no trial after this long")] = None,
+):
+    """Search hyper-parameters (or the LoRA rank) with Optuna; start it on several machines with one --storage to share a study."""
+    from tunelab.workflows.tune import tune as run_tune
+
+    recipe, overrides = _split_recipe(recipe, overrides)
+    run_tune(recipe or "sentiment-tune", overrides, out=out, storage=storage, study=study, rank=rank, n_trials=n_trials,
+             timeout_minutes=timeout_minutes)
+
+
+@app.command()
 def chat(
     target: Annotated[str, typer.Argument(help="run folder of a generative run, or a model name / folder")] = "smollm2-135m-instruct",
     system: Annotated[Optional[str], typer.Option(help="system prompt")] = None,

@@ -20,7 +20,8 @@ from rich.progress import (
 console = Console(stderr=False, highlight=False)
 
 
-def progress() -> Progress:
+def progress(on: Console | None = None) -> Progress:
+    """The bar layout; `on`: another console than tunelab's (a display of its own)."""
     return Progress(
         SpinnerColumn(),
         TextColumn("[bold blue]{task.description}"),
@@ -30,7 +31,7 @@ def progress() -> Progress:
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
-        console=console,
+        console=on or console,
         transient=False,
     )
 

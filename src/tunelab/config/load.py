@@ -120,7 +120,6 @@ def _default_of(kind: str) -> str:
 
 def validate_config(raw: dict) -> RunConfig:
     raw = copy.deepcopy(raw)
-    raw.pop("compare", None)  # the `tunelab compare` section (workflows/compare.py); train ignores it
     for kind, base in (("method", MethodConfig), ("task", TaskConfig)):
         raw[kind] = _section(kind, raw.get(kind), base)
     try:

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, model_validator
 
+from tunelab.config.tune import CompareConfig, TuneConfig
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -152,3 +154,5 @@ class RunConfig(Section):
     eval: EvalConfig = EvalConfig()
     generate: GenerateConfig = GenerateConfig()
     output: OutputConfig = OutputConfig()
+    tune: TuneConfig = Field(default_factory=TuneConfig, description="`tunelab tune` (ignored by train)")
+    compare: CompareConfig = Field(default_factory=CompareConfig, description="`tunelab compare` (ignored by train)")

@@ -25,27 +25,19 @@ import time
 import traceback
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from tunelab.config.load import _merge, parse_overrides, read_recipe, validate_config
+from tunelab.config.tune import CompareConfig
 from tunelab.console import console
 from tunelab.errors import TunelabError
 from tunelab.runs.io import atomic_write_json
+from tunelab.runs.tables import write_table_report
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "method_weights.safetensors", "tunelab_method.json")
 
 
-class CompareSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    methods: list[str] = Field(default_factory=lambda: ["full", "head", "lora"])
-    method: dict[str, dict] = Field(default_factory=dict)
-    train: dict[str, dict] = Field(default_factory=dict)
-    time_budget_minutes: float | None = Field(None, gt=0)
-    latency_batch: int = Field(32, ge=1)
-    latency_repeats: int = Field(7, ge=1)
-
-
-def method_raw(raw: dict, spec: CompareSpec, name: str, out_dir: Path) -> dict:
+def method_raw(raw: dict, spec: CompareConfig, name: str, out_dir: Path) -> dict:
     """The recipe for one method: its own method section and train overrides, its own run folder."""
     r = copy.deepcopy(raw)
     r.pop("compare", None)
@@ -63,7 +55,7 @@ def compare(recipe: str | None, methods: list[str] | None = None, overrides: lis
     if overrides:
         raw = _merge(raw, parse_overrides(overrides))
     try:
-        spec = CompareSpec.model_validate(raw.get("compare") or {})
+        spec = CompareConfig.model_validate(raw.get("compare") or {})
     except ValidationError as e:
         first = e.errors()[0]
         raise TunelabError(f"compare.{'.'.join(map(str, first['loc']))}: {first['msg'].lower()}") from None
@@ -221,28 +213,10 @@ def headers(doc: dict) -> list[str]:
 
 
 def write_compare_report(root: Path, doc: dict) -> None:
-    import base64
-
-    plots = plot_compare(root, doc)
-    head, rows = headers(doc), table_rows(doc)
-    md = [f"# Compare: {doc['recipe']} ({doc['model']})", "",
-          f"Same data, split, seed and budget for every method; metric: test {doc['metric']}. "
-          "Latency: median of repeated forward passes over one batch of test texts, adapter reloaded from disk.", "",
-          "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    md += ["| " + " | ".join(row) + " |" for row in rows]
-    md += [""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
-    (root / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
-    esc = lambda s: str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")  # noqa: E731
-    imgs = "".join(f'<p><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"></p>'
-                   for p in plots)
-    html = ("<!doctype html><html><head><meta charset='utf-8'><title>tunelab compare</title><style>"
-            "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
-            "padding:4px 8px;text-align:right}td:first-child,th:first-child,td:last-child{text-align:left}</style></head><body>"
-            f"<h1>Compare: {esc(doc['recipe'])} ({esc(doc['model'])})</h1><table><tr>"
-            + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"
-            + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
-            + f"</table>{imgs}</body></html>")
-    (root / "report.html").write_text(html, encoding="utf-8")
+    intro = [f"Same data, split, seed and budget for every method; metric: test {doc['metric']}. "
+             "Latency: median of repeated forward passes over one batch of test texts, adapter reloaded from disk."]
+    write_table_report(root, f"Compare: {doc['recipe']} ({doc['model']})", intro, headers(doc), table_rows(doc),
+                       plot_compare(root, doc))
 
 
 def plot_compare(root: Path, doc: dict) -> list[Path]:
