@@ -129,3 +129,50 @@ def test_two_workers_share_one_study_and_a_killed_worker_leaves_a_failed_trial(t
     trials = {t.number: t for t in optuna.load_study(study_name="shared", storage=storage).trials}
     assert trials[killed].state == optuna.trial.TrialState.FAIL
     assert sum(t.state != optuna.trial.TrialState.RUNNING for t in trials.values()) == len(trials) >= 7
+
+
+def test_energy_rank_reads_the_spectrum():
+    import torch
+
+    from tunelab.search.layer_rank import energy_rank
+
+    u, _ = torch.linalg.qr(torch.randn(16, 16))
+    v, _ = torch.linalg.qr(torch.randn(12, 12))
+    s = torch.tensor([3.0, 2.0, 1.0] + [0.0] * 9)
+    delta = u[:, :12] @ torch.diag(s) @ v.T  # singular values 3, 2, 1: energies 9, 4, 1 of 14
+    assert energy_rank(delta, 9 / 14) == 1 and energy_rank(delta, 0.9) == 2 and energy_rank(delta, 1.0) == 3
+
+
+def test_per_layer_rank_trains_the_pattern_beside_uniform_and_adalora(tmp_path):
+    from tunelab.search import tune
+
+    root = tmp_path / "layers"
+    tune("sentiment-tiny", [*FAST, "tune.strategy=layer_rank", "tune.probe_rank=8", "tune.probe_steps=4",
+                            "tune.energy=0.8", "tune.keep_trial_runs=true"], out=str(root), show_progress=False)
+    rows = {r["variant"]: r for r in trials_csv(root)}
+    assert set(rows) == {"probe", "per-layer", "uniform", "adalora"} and all(r["state"] == "complete" for r in rows.values())
+    study = optuna.load_study(study_name="tune-sentiment-tiny", storage=f"sqlite:///{root / 'study.db'}")
+    ranks = {tr.user_attrs["variant"]: tr for tr in study.trials}["probe"].user_attrs["layer_ranks"]
+    assert len(ranks) == 4 and all(1 <= v["rank"] <= 8 for v in ranks.values())  # 2 layers x query, value
+    # per-layer and uniform train about the same number of LoRA parameters (the head is the same)
+    a, b = int(rows["per-layer"]["trainable params"]), int(rows["uniform"]["trainable params"])
+    assert abs(a - b) <= 0.5 * b
+    assert "## Per-layer rank" in (root / "report.md").read_text()
+    trial_dir = root / "trials" / f"trial-{int(rows['per-layer']['trial']):04d}"
+    cfg = yaml.safe_load((trial_dir / "config.yaml").read_text())
+    assert cfg["method"]["rank_pattern"] == {k: v["rank"] for k, v in ranks.items()}
+
+
+def test_a_diverging_trial_is_recorded_as_failed_and_the_study_goes_on(tmp_path):
+    from tunelab.search import tune
+
+    root = tmp_path / "nan"
+    tune("sentiment-tiny", [*FAST, "train.max_grad_norm=null", "train.warmup_ratio=0", "train.precision=fp32",
+                            "tune.space.train.lr={choices: [1.0e+30, 2.0e-3]}", "tune.sampler=grid"],
+         out=str(root), n_trials=2, show_progress=False)
+    rows = {float(r["train.lr"]): r for r in trials_csv(root)}
+    assert rows[1e30]["state"] == "fail" and "loss is nan" in rows[1e30]["error"]
+    assert rows[2e-3]["state"] == "complete" and float(rows[2e-3]["macro_f1"]) > 0
+    from tunelab.config import load_config
+
+    assert load_config(str(root / "best.yaml")).train.lr == 2e-3

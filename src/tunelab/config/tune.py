@@ -85,8 +85,9 @@ def flatten_space(value: dict, prefix: str = "") -> dict:
 class TuneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    strategy: Literal["search", "rank"] = Field("search", description="search: the space below; rank: double "
-                                                "the LoRA rank while validation gains more than min_gain")
+    strategy: Literal["search", "rank", "layer_rank"] = Field(
+        "search", description="search: the space below; rank: double the LoRA rank while validation gains more "
+        "than min_gain; layer_rank: per-layer ranks from the spectrum of a short high-rank run")
     space: dict[str, Dimension] = Field(default_factory=dict, description="dotted recipe key -> dimension")
     metric: str | None = Field(None, description="validation metric to optimize; default: the task's own "
                                "(train.metric_for_best); its direction comes from the task")
@@ -107,6 +108,10 @@ class TuneConfig(BaseModel):
     rank_start: int = Field(2, ge=1)
     rank_max: int = Field(64, ge=1)
     min_gain: float = Field(0.005, ge=0, description="rank: keep doubling while the metric gains more than this")
+    # strategy: layer_rank
+    energy: float = Field(0.9, gt=0, le=1, description="layer_rank: share of each update's spectral energy kept")
+    probe_rank: int = Field(32, ge=1, description="layer_rank: rank of the short probe run")
+    probe_steps: int | None = Field(None, ge=1, description="layer_rank: probe run length (default: one epoch)")
     alpha_per_rank: float | None = Field(2.0, gt=0, description="rank: method.alpha = this x r (keeps the LoRA "
                                          "scale alpha/r fixed); null leaves alpha as the recipe has it")
 

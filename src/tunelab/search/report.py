@@ -60,12 +60,14 @@ def trial_line(study, trial) -> str:
 def rows(study, t: TuneConfig, metric: str) -> tuple[list[str], list[list]]:
     keys = sorted({k for tr in study.trials for k in tr.params})
     names = [metric if o == "metric" else o for o in t.objectives]
-    head = ["trial", "state", *names, *keys, "pruned at step", "steps", "train s", "trainable params", "error"]
+    variant = any("variant" in tr.user_attrs for tr in study.trials)
+    head = ["trial", *(["variant"] if variant else []), "state", *names, *keys, "pruned at step", "steps", "train s",
+            "trainable params", "error"]
     out = []
     for tr in study.trials:
         a = tr.user_attrs
         vals = values_of(tr) or [None] * len(names)
-        out.append([tr.number, tr.state.name.lower(), *vals, *(tr.params.get(k) for k in keys), a.get("pruned_at_step"),
+        out.append([tr.number, *([a.get("variant", "")] if variant else []), tr.state.name.lower(), *vals, *(tr.params.get(k) for k in keys), a.get("pruned_at_step"),
                     a.get("steps"), a.get("train_seconds"), a.get("trainable_params"), a.get("error", "")])
     return head, out
 
@@ -154,6 +156,23 @@ def rank_summary(study, t: TuneConfig) -> list[str]:
             f"{_fmt(best.value)} at {best.params[t.rank_key]}; min_gain {t.min_gain}).", ""]
 
 
+def layer_rank_summary(study, t: TuneConfig) -> list[str]:
+    """Per-layer ranks found by the probe, and the three variants at equal parameter count."""
+    by = {tr.user_attrs.get("variant"): tr for tr in study.trials if tr.user_attrs.get("variant")}
+    probe = by.get("probe")
+    if not probe or "layer_ranks" not in probe.user_attrs:
+        return []
+    ranks = probe.user_attrs["layer_ranks"]
+    rows_ = [[name, tr.state.name.lower(), _fmt(tr.value if tr.state == State.COMPLETE else None),
+              _fmt(tr.user_attrs.get("trainable_params")), _fmt(tr.user_attrs.get("train_seconds"))]
+             for name, tr in by.items()]
+    layers = [[k, v["rank"]] for k, v in ranks.items()]
+    return ["## Per-layer rank", "",
+            f"Probe: rank {t.probe_rank}; each layer keeps {t.energy:.0%} of the spectral energy of its update B @ A.", "",
+            *markdown_table(["variant", "state", "validation", "trainable params", "train s"], rows_), "",
+            *markdown_table(["layer", "rank"], layers), ""]
+
+
 def write_study_outputs(study, root: Path, recipe: str | None, user: list[str], t: TuneConfig, metric: str) -> None:
     head, table = rows(study, t, metric)
     buf = io.StringIO()
@@ -167,6 +186,6 @@ def write_study_outputs(study, root: Path, recipe: str | None, user: list[str], 
              + ", ".join(f"{n} {k}" for k, n in states.items() if n) + f"); objective: validation {metric}"
              + (f" and {', '.join(t.objectives[1:])}" if len(t.objectives) > 1 else "")
              + f"; sampler {t.sampler}, pruner {t.pruner}. {best_value(study)}."]
-    extra = rank_summary(study, t) if t.strategy == "rank" else []
+    extra = {"rank": rank_summary, "layer_rank": layer_rank_summary}.get(t.strategy, lambda s, t: [])(study, t)
     shown = [[_fmt(v) for v in r] for r in table]
     write_table_report(root, f"Tune: {study.study_name}", intro, head, shown, plots(study, root, t, metric), extra)

@@ -53,7 +53,11 @@ def resolve(recipe: str | None, overrides: list[str], rank: bool = False, n_tria
         if t.alpha_per_rank and t.rank_key == "method.r":
             space["method.alpha"] = Dimension(choices=[t.alpha_per_rank * r for r in ranks])
         t = t.model_copy(update={"space": space, "n_trials": len(ranks), "pruner": "none", "objectives": ["metric"]})
-    if not t.space:
+    if t.strategy == "layer_rank":
+        if cfg.method.name != "lora":
+            raise TunelabError(f"tune.strategy=layer_rank needs method.name=lora (the recipe has '{cfg.method.name}')")
+        t = t.model_copy(update={"space": {}, "pruner": "none", "objectives": ["metric"]})
+    elif not t.space:
         raise TunelabError("tune.space is empty: give the keys to search, e.g. "
                            "tune.space.train.lr='{log_uniform: [1e-5, 1e-2]}', or use --rank")
     task = make_task(cfg)
@@ -97,6 +101,8 @@ def tune(recipe: str | None, overrides: list[str] | None = None, *, out: str | N
     objective = Objective(recipe, extra, t.space, metric, t.objectives, cfg.method.name, root / "trials", t.keep_trial_runs)
     if t.strategy == "rank":
         _rank_steps(study, objective, t, show_progress)
+    elif t.strategy == "layer_rank":
+        _layer_rank(study, objective, t, show_progress)
     else:
         _search(study, objective, t, show_progress)
     write_study_outputs(study, root, recipe, extra, t, metric)
@@ -151,3 +157,35 @@ def _rank_steps(study, objective: Objective, t: TuneConfig, show_progress: bool)
             if best is not None and sign * (trial.value - best) <= t.min_gain:
                 break  # doubling no longer pays
             best = trial.value if best is None else (max if sign > 0 else min)(best, trial.value)
+
+
+def _enqueued(study, objective: Objective, bar, variant: str, overrides: dict):
+    """Run one trial with fixed values (or reuse it when a resumed study has it already)."""
+    done = [tr for tr in study.trials if tr.user_attrs.get("variant") == variant and tr.state == optuna.trial.TrialState.COMPLETE]
+    if done:
+        return done[0]
+    study.enqueue_trial({}, user_attrs={"variant": variant, "overrides": overrides})
+    study.optimize(objective, n_trials=1, catch=(Exception,))
+    trial = study.trials[-1]
+    bar.trial_done(f"  {variant}:" + trial_line(study, trial).split("->", 1)[-1], best_value(study))
+    return trial
+
+
+def _layer_rank(study, objective: Objective, t: TuneConfig, show_progress: bool) -> None:
+    """A short probe at probe_rank, its per-layer spectral ranks, then three variants at equal size."""
+    from tunelab.search.layer_rank import spectral_ranks, variants
+
+    def inspect(trial, session):
+        if trial.user_attrs.get("variant") == "probe":
+            trial.set_user_attr("layer_ranks", spectral_ranks(session.model, t.energy))
+
+    objective.inspect = inspect
+    probe = {"method.r": t.probe_rank, "method.alpha": (t.alpha_per_rank or 2.0) * t.probe_rank,
+             **({"train.max_steps": t.probe_steps} if t.probe_steps else {"train.epochs": 1})}
+    with TuneProgress(4, show_progress) as bar:
+        objective.progress = bar
+        trial = _enqueued(study, objective, bar, "probe", probe)
+        if trial.state != optuna.trial.TrialState.COMPLETE:
+            raise TunelabError(f"layer_rank: the probe run failed: {trial.user_attrs.get('error')}")
+        for name, overrides in variants(trial.user_attrs["layer_ranks"], t).items():
+            _enqueued(study, objective, bar, name, overrides)

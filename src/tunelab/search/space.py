@@ -28,8 +28,13 @@ def nest(dotted: dict[str, Any]) -> dict:
 
 
 def trial_overrides(user: list[str], params: dict[str, Any], extra: dict[str, Any] | None = None) -> dict:
-    """The user's command-line overrides, then the trial's values, then tunelab's own (output folder...)."""
-    return _merge(_merge(parse_overrides(user), nest(params)), nest(extra or {}))
+    """The user's command-line overrides, then the trial's values, then tunelab's own (output folder...).
+    A trial that picks another method keeps only the user's method keys that method has."""
+    mine = parse_overrides(user)
+    cls = section_classes("method").get(params.get("method.name"))
+    if cls is not None and isinstance(mine.get("method"), dict):
+        mine["method"] = {k: v for k, v in mine["method"].items() if k in cls.model_fields}
+    return _merge(_merge(mine, nest(params)), nest(extra or {}))
 
 
 def ordered(space: dict[str, Dimension]) -> list[str]:

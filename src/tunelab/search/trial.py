@@ -63,13 +63,16 @@ class Objective:
     trials_dir: Path
     keep_runs: bool = False
     progress: object = None  # search.progress.TuneProgress
+    inspect: object = None  # called with (trial, session) after training (layer_rank reads the model)
 
     def __call__(self, trial: optuna.Trial):
         params = suggest(trial, self.space, self.base_method)
         run_dir = self.trials_dir / f"trial-{trial.number:04d}"
         trial.set_user_attr("run", str(run_dir))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        cfg = load_config(self.recipe, trial_overrides(self.user, params, {
+        # values that are not Optuna parameters (a rank pattern, another method) come with an enqueued trial
+        fixed = trial.user_attrs.get("overrides") or {}
+        cfg = load_config(self.recipe, trial_overrides(self.user, {**params, **fixed}, {
             "output.dir": str(run_dir), "eval.before": False, "train.metric_for_best": self.metric}))
         callbacks = [ReportToOptuna(trial, self.metric, prune=len(self.objectives) == 1)]
         if self.progress:
@@ -81,6 +84,8 @@ class Objective:
             session.prepare()
             state = session.fit(callbacks)
             trainable, _ = count_parameters(session.model)
+            if self.inspect:
+                self.inspect(trial, session)
         except Exception as e:
             trial.set_user_attr("error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500])
             raise

@@ -24,6 +24,9 @@ class LoraConfig(MethodConfig):
     init: Literal["default", "gaussian", "pissa", "olora"] = Field(
         "default", description="pissa: A, B from the top-r singular vectors of W, W keeps the residual"
     )
+    rank_pattern: dict[str, int] = Field(default_factory=dict, description="per-layer ranks: module name (or "
+                                         "regex suffix) -> rank, overriding r there (peft's rank_pattern)")
+    alpha_pattern: dict[str, float] = Field(default_factory=dict, description="per-layer alpha, as rank_pattern")
 
 
 def lora_peft_config(c, head_modules: list[str], peft_task_type: str | None, **extra) -> peft.LoraConfig:
@@ -38,6 +41,8 @@ def lora_peft_config(c, head_modules: list[str], peft_task_type: str | None, **e
         use_rslora=c.use_rslora,
         use_dora=c.use_dora,
         init_lora_weights={"default": True}.get(c.init, c.init),
+        rank_pattern=dict(c.rank_pattern),
+        alpha_pattern=dict(c.alpha_pattern),
         # The new task head is trained in full and saved inside the adapter folder, so the
         # adapter alone restores the fine-tuned classifier.
         modules_to_save=head_list(head_modules),
