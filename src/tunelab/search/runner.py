@@ -84,6 +84,7 @@ def tune(recipe: str | None, overrides: list[str] | None = None, *, out: str | N
          study_name: str | None = None, rank: bool = False, n_trials: int | None = None,
          timeout_minutes: float | None = None, show_progress: bool = True) -> Path:
     overrides = list(overrides or [])
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial gets its own line below, failures included
     cfg, t, extra, metric, directions = resolve(recipe, overrides, rank, n_trials, timeout_minutes)
     raw_name = read_recipe(recipe)[0]["name"]
     root = Path(out) if out else Path(cfg.output.root) / f"tune-{raw_name}-{time.strftime('%Y%m%d-%H%M%S')}"
