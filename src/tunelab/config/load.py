@@ -58,11 +58,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge_dicts(base: dict, extra: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in extra.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+            out[k] = merge_dicts(out[k], v)
         else:
             out[k] = v
     return out
@@ -89,7 +89,7 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | dict | 
     raw, _ = read_recipe(recipe)
     if overrides:
         extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
-        raw = _merge(_switched(raw, extra), extra)
+        raw = merge_dicts(_switched(raw, extra), extra)
     return validate_config(raw)
 
 

@@ -78,9 +78,9 @@ def best_recipe(study, recipe: str | None, user: list[str]) -> str | None:
     if not best:
         return None
     raw, source = read_recipe(recipe)
-    from tunelab.config.load import _merge
+    from tunelab.config.load import merge_dicts
 
-    merged = _merge(raw, trial_overrides(user, best[0].params))
+    merged = merge_dicts(raw, trial_overrides(user, best[0].params))
     merged.pop("tune", None)
     merged["name"] = f"{raw['name']}-best"
     merged.setdefault("output", {}).pop("dir", None)

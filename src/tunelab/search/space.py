@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunelab.config import load_config, parse_overrides
-from tunelab.config.load import _merge
+from tunelab.config.load import merge_dicts
 from tunelab.config.sections import section_classes
 from tunelab.config.tune import Dimension
 from tunelab.errors import TunelabError
@@ -34,7 +34,7 @@ def trial_overrides(user: list[str], params: dict[str, Any], extra: dict[str, An
     cls = section_classes("method").get(params.get("method.name"))
     if cls is not None and isinstance(mine.get("method"), dict):
         mine["method"] = {k: v for k, v in mine["method"].items() if k in cls.model_fields}
-    return _merge(_merge(mine, nest(params)), nest(extra or {}))
+    return merge_dicts(merge_dicts(mine, nest(params)), nest(extra or {}))
 
 
 def ordered(space: dict[str, Dimension]) -> list[str]:

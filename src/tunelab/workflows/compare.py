@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from tunelab.config.load import _merge, parse_overrides, read_recipe, validate_config
+from tunelab.config.load import merge_dicts, parse_overrides, read_recipe, validate_config
 from tunelab.config.tune import CompareConfig
 from tunelab.console import console
 from tunelab.errors import TunelabError
@@ -42,7 +42,7 @@ def method_raw(raw: dict, spec: CompareConfig, name: str, out_dir: Path) -> dict
     r = copy.deepcopy(raw)
     r.pop("compare", None)
     r["method"] = {**spec.method.get(name, {}), "name": name}
-    r["train"] = _merge(r.get("train") or {}, spec.train.get(name, {}))
+    r["train"] = merge_dicts(r.get("train") or {}, spec.train.get(name, {}))
     if spec.time_budget_minutes:
         r["train"]["max_minutes"] = spec.time_budget_minutes
     r["output"] = {**(r.get("output") or {}), "dir": str(out_dir / name)}
@@ -53,7 +53,7 @@ def compare(recipe: str | None, methods: list[str] | None = None, overrides: lis
             out: str | None = None) -> Path:
     raw, _ = read_recipe(recipe)
     if overrides:
-        raw = _merge(raw, parse_overrides(overrides))
+        raw = merge_dicts(raw, parse_overrides(overrides))
     try:
         spec = CompareConfig.model_validate(raw.get("compare") or {})
     except ValidationError as e:
