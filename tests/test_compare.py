@@ -26,6 +26,12 @@ def test_compare_runs_methods_reports_failures_and_writes_reports(tmp_path):
     html = (out / "report.html").read_text()
     assert "<table>" in html and "data:image/png;base64," in html
     assert (out / "plots" / "metric_vs_trainable.png").is_file() and (out / "plots" / "loss_curves.png").is_file()
+    # compare is a grid on the sweep runner: one trial per method in an Optuna study plain Optuna reads
+    import optuna
+
+    study = optuna.load_study(study_name="compare-sentiment-compare", storage=f"sqlite:///{out / 'study.db'}")
+    states = {t.user_attrs["variant"]: t.state.name for t in study.trials}
+    assert states == {"lora": "COMPLETE", "adapter": "FAIL", "nblora": "COMPLETE"}
 
 
 def test_compare_rejects_unknown_method_before_training(tmp_path):

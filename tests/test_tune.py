@@ -176,3 +176,20 @@ def test_a_diverging_trial_is_recorded_as_failed_and_the_study_goes_on(tmp_path)
     from tunelab.config import load_config
 
     assert load_config(str(root / "best.yaml")).train.lr == 2e-3
+
+
+def test_isolated_trials_report_to_the_same_study_and_a_failing_child_fails_only_its_trial(tmp_path):
+    from tunelab.search import tune
+
+    root = tmp_path / "iso"
+    tune("sentiment-tiny", [*FAST, "train.max_grad_norm=null", "train.warmup_ratio=0", "train.precision=fp32",
+                            "tune.isolate_trials=true", "tune.space.train.lr={choices: [1.0e+30, 2.0e-3]}",
+                            "tune.sampler=grid"], out=str(root), n_trials=2, show_progress=False)
+    rows = {float(r["train.lr"]): r for r in trials_csv(root)}
+    assert rows[1e30]["state"] == "fail" and "loss is nan" in rows[1e30]["error"]
+    assert rows[2e-3]["state"] == "complete" and float(rows[2e-3]["macro_f1"]) > 0
+    info = yaml.safe_load((root / "tune.json").read_text())
+    study = optuna.load_study(study_name=info["study"], storage=info["storage"])
+    ok = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE][0]
+    # the child process reported each validation to the parent's trial: the pruner sees them
+    assert len(ok.intermediate_values) >= 2 and ok.value == pytest.approx(max(ok.intermediate_values.values()))

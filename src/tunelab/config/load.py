@@ -86,11 +86,16 @@ def read_recipe(recipe: str | Path | None) -> tuple[dict, str]:
 
 
 def load_config(recipe: str | Path | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
+    return validate_config(resolve_raw(recipe, overrides))
+
+
+def resolve_raw(recipe: str | Path | None = None, overrides: list[str] | dict | None = None) -> dict:
+    """The recipe with the overrides applied, as a plain dict (not validated yet)."""
     raw, _ = read_recipe(recipe)
     if overrides:
         extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
         raw = merge_dicts(_switched(raw, extra), extra)
-    return validate_config(raw)
+    return raw
 
 
 def _switched(raw: dict, extra: dict) -> dict:

@@ -103,6 +103,8 @@ class TuneConfig(BaseModel):
     warmup_steps: int = Field(0, ge=0, description="no pruning before this training step of a trial")
     heartbeat_seconds: int = Field(20, ge=1, description="a trial whose worker is silent for 3x this is marked failed")
     keep_trial_runs: bool = Field(False, description="keep each trial's checkpoints (default: metrics and config only)")
+    isolate_trials: bool = Field(False, description="each trial in its own process: its memory is its own and a "
+                                 "crash (segfault, out of memory) fails only that trial; costs a process start")
     # strategy: rank
     rank_key: str = Field("method.r", description="the key the rank strategy doubles")
     rank_start: int = Field(2, ge=1)

@@ -13,7 +13,7 @@ from tunelab.config.tune import TuneConfig
 
 def energy_rank(delta: torch.Tensor, share: float) -> int:
     """Smallest k whose top-k singular values hold `share` of the squared singular values."""
-    s2 = torch.linalg.svdvals(delta.float()) ** 2
+    s2 = torch.linalg.svdvals(delta.detach().float()) ** 2
     if float(s2.sum()) == 0.0:
         return 1
     kept = torch.cumsum(s2, 0) / s2.sum()

@@ -99,7 +99,8 @@ def tune(recipe: str | None, overrides: list[str] | None = None, *, out: str | N
                                            "objectives": t.objectives, "directions": directions})
     console.print(f"[bold]Tune[/] {root}  (study '{name}' in {url}; {t.strategy}; objective: validation {metric}"
                   + (f" + {', '.join(t.objectives[1:])}" if len(t.objectives) > 1 else "") + ")")
-    objective = Objective(recipe, extra, t.space, metric, t.objectives, cfg.method.name, root / "trials", t.keep_trial_runs)
+    objective = Objective(recipe, extra, t.space, metric, t.objectives, cfg.method.name, root / "trials", t.keep_trial_runs,
+                          isolate=t.isolate_trials and t.strategy != "layer_rank", storage_url=url)
     if t.strategy == "rank":
         _rank_steps(study, objective, t, show_progress)
     elif t.strategy == "layer_rank":
@@ -160,15 +161,19 @@ def _rank_steps(study, objective: Objective, t: TuneConfig, show_progress: bool)
             best = trial.value if best is None else (max if sign > 0 else min)(best, trial.value)
 
 
-def _enqueued(study, objective: Objective, bar, variant: str, overrides: dict):
-    """Run one trial with fixed values (or reuse it when a resumed study has it already)."""
+def run_variant(study, objective: Objective, variant: str, *, overrides: dict | None = None,
+                config: dict | None = None, bar: TuneProgress | None = None):
+    """Run one trial with fixed values (`overrides` on the recipe) or a whole `config`, or reuse it when
+    a resumed study has it already. Layer-rank's variants and compare's methods are trials of this kind."""
     done = [tr for tr in study.trials if tr.user_attrs.get("variant") == variant and tr.state == optuna.trial.TrialState.COMPLETE]
     if done:
         return done[0]
-    study.enqueue_trial({}, user_attrs={"variant": variant, "overrides": overrides})
-    study.optimize(objective, n_trials=1, catch=(Exception,))
+    attrs = {"variant": variant, **({"overrides": overrides} if overrides else {}), **({"config": config} if config else {})}
+    study.enqueue_trial({}, user_attrs=attrs)
+    study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
     trial = study.trials[-1]
-    bar.trial_done(f"  {variant}:" + trial_line(study, trial).split("->", 1)[-1], best_value(study))
+    if bar:
+        bar.trial_done(f"  {variant}:" + trial_line(study, trial).split("->", 1)[-1], best_value(study))
     return trial
 
 
@@ -185,8 +190,8 @@ def _layer_rank(study, objective: Objective, t: TuneConfig, show_progress: bool)
              **({"train.max_steps": t.probe_steps} if t.probe_steps else {"train.epochs": 1})}
     with TuneProgress(4, show_progress) as bar:
         objective.progress = bar
-        trial = _enqueued(study, objective, bar, "probe", probe)
+        trial = run_variant(study, objective, "probe", overrides=probe, bar=bar)
         if trial.state != optuna.trial.TrialState.COMPLETE:
             raise TunelabError(f"layer_rank: the probe run failed: {trial.user_attrs.get('error')}")
         for name, overrides in variants(trial.user_attrs["layer_ranks"], t).items():
-            _enqueued(study, objective, bar, name, overrides)
+            run_variant(study, objective, name, overrides=overrides, bar=bar)

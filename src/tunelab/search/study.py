@@ -22,9 +22,10 @@ def storage_url(storage: str | None, out_dir: Path) -> str:
     return storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
 
 
-def open_storage(url: str, heartbeat_seconds: int):
+def open_storage(url: str, heartbeat_seconds: int | None):
     """Heartbeats on: a worker killed mid-trial stops beating, and the next worker to start a trial
-    marks that trial failed (Optuna's fail_stale_trials), so the study has no hole."""
+    marks that trial failed (Optuna's fail_stale_trials), so the study has no hole. None: no heartbeat
+    (a trial's child process, whose parent beats for it)."""
     if url.startswith(RDB_PREFIXES):
         try:
             # SQLite: workers wait for each other's writes (default 5 s) up to a minute instead of failing
@@ -32,7 +33,7 @@ def open_storage(url: str, heartbeat_seconds: int):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_seconds,
-                                                  grace_period=3 * heartbeat_seconds)
+                                                  grace_period=3 * heartbeat_seconds if heartbeat_seconds else None)
         except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many kinds; all mean "cannot open it"
             raise TunelabError(f"cannot open the study storage '{url}': {str(e).splitlines()[0]}") from None
     path = url.removeprefix("journal:")

@@ -10,21 +10,25 @@ The recipe may hold a `compare:` section (ignored by `tunelab train`):
       time_budget_minutes: null            # optional: stop each method's training after this long
       latency_batch: 32                    # inference latency: median ms per batch of this many test texts
 
-Each method runs in a child process: its peak memory is its own, and a crash (even a segfault) is
-reported as that method's failure while the others still run. The child also reloads the saved
-adapter from disk (as `tunelab eval` does) and times inference with it.
+Compare is a grid over methods on the same sweep runner as `tunelab tune` (tunelab/search/): one
+Optuna study in the compare folder (study.db), one enqueued trial per method with its whole config.
+Each trial runs in a child process: its peak memory is its own, and a crash (even a segfault) is
+reported as that method's failure while the others still run. The child runs the whole pipeline of
+`tunelab train`, then reloads the saved adapter from disk (as `tunelab eval` does) and times
+inference with it.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import json
-import multiprocessing as mp
 import statistics
 import time
-import traceback
 from pathlib import Path
 
+import optuna
 from pydantic import ValidationError
 
 from tunelab.config.load import merge_dicts, parse_overrides, read_recipe, validate_config
@@ -32,7 +36,11 @@ from tunelab.config.tune import CompareConfig
 from tunelab.console import console
 from tunelab.errors import TunelabError
 from tunelab.runs.io import atomic_write_json
+from tunelab.runs.rundir import RunDir
 from tunelab.runs.tables import write_table_report
+from tunelab.search.runner import run_variant
+from tunelab.search.study import open_storage, open_study, storage_url
+from tunelab.search.trial import Objective
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "method_weights.safetensors", "tunelab_method.json")
 
@@ -66,31 +74,35 @@ def compare(recipe: str | None, methods: list[str] | None = None, overrides: lis
     if unknown:
         raise TunelabError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(method_names())}")
     root = Path(out) if out else Path((raw.get("output") or {}).get("root", "runs")) / f"compare-{raw['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
-    root.mkdir(parents=True, exist_ok=True)
     raws = {m: method_raw(raw, spec, m, root) for m in names}
     # Validate every config before spending time on the first training.
     configs = {m: validate_config(r) for m, r in raws.items()}
     from tunelab.tasks import make_task
 
-    metric = make_task(configs[names[0]]).metric_for_best()
+    task = make_task(configs[names[0]])
+    metric = task.metric_for_best()
+    root.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    url = storage_url(None, root)
+    study = open_study(open_storage(url, heartbeat_seconds=20), f"compare-{raw['name']}",
+                       ["maximize" if task.higher_is_better.get(metric, True) else "minimize"],
+                       optuna.samplers.RandomSampler(seed=configs[names[0]].seed), optuna.pruners.NopPruner(),
+                       hashlib.sha256(json.dumps(raws, sort_keys=True, default=str).encode()).hexdigest()[:16])
+    objective = Objective(None, [], {}, metric, ["metric"], names[0], root, isolate=True, storage_url=url, full_run=True,
+                          after_run=functools.partial(method_result, latency_batch=spec.latency_batch,
+                                                      repeats=spec.latency_repeats))
     console.print(f"[bold]Compare[/] {len(names)} methods -> {root}")
     results = []
-    ctx = mp.get_context("spawn")
     for i, m in enumerate(names, 1):
         console.print(f"\n[bold]== {i}/{len(names)}: {m}[/]")
         t0 = time.perf_counter()
-        proc = ctx.Process(target=_child, args=(raws[m], spec.latency_batch, spec.latency_repeats))
-        proc.start()
-        proc.join()
-        run_dir = root / m
-        res = {"method": m, "run": str(run_dir), "wall_seconds": round(time.perf_counter() - t0, 1)}
-        extra = _read(run_dir / "compare_result.json")
-        if proc.exitcode == 0 and extra and extra.get("status") == "ok":
-            res.update(extra)
+        trial = run_variant(study, objective, m, config=raws[m])
+        res = {"method": m, "run": str(root / m), "wall_seconds": round(time.perf_counter() - t0, 1)}
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            res.update(trial.user_attrs["result"])
         else:
-            err = (extra or {}).get("error") or f"process exited with code {proc.exitcode}"
-            res.update(status="failed", error=err)
-            console.print(f"[red]{m} failed:[/] {err}")
+            res.update(status="failed", error=trial.user_attrs.get("error") or f"trial {trial.state.name.lower()}")
+            console.print(f"[red]{m} failed:[/] {res['error']}")
         results.append(res)
         atomic_write_json(root / "compare.json", _document(raw, names, results, metric))  # partial results survive
     doc = _document(raw, names, results, metric)
@@ -106,41 +118,21 @@ def _document(raw: dict, names: list[str], results: list[dict], metric: str) -> 
             "metric": metric, "results": results}
 
 
-def _read(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _child(raw: dict, latency_batch: int, repeats: int) -> None:
-    """Train one method, reload its adapter, time inference; write compare_result.json."""
-    from tunelab.console import quiet_libraries
-
-    quiet_libraries()
-    out_dir = Path(raw["output"]["dir"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        from tunelab.workflows.train import train
-
-        cfg = validate_config(raw)
-        run = train(cfg, overwrite=True)
-        summary = json.loads(run.summary_path.read_text(encoding="utf-8"))
-        latency = measure_latency(str(run.path), latency_batch, repeats)
-        metric = summary["metric"]  # the recipe's train.metric_for_best, or the task's own default
-        losses = [(r["step"], r["loss"]) for r in run.metrics() if r.get("split") == "train"]
-        result = {
-            "status": "ok", "trainable_params": summary["trainable_params"], "total_params": summary["total_params"],
-            "trainable_percent": summary["trainable_percent"], "metric": metric,
-            "test_metric": summary["test"]["after"][metric], "test_accuracy": summary["test"]["after"].get("accuracy"),
-            "train_seconds": summary["train_seconds"], "steps": summary["steps"], "peak_rss_mb": summary["peak_rss_mb"],
-            "adapter_bytes": adapter_bytes(run.adapter_dir), **latency, "lr": cfg.train.lr,
-            "method_info": summary.get("method_info") or {}, "loss_curve": losses,
-        }
-    except BaseException as e:  # noqa: BLE001 - any failure is this method's result
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        result = {"status": "failed", "error": f"{type(e).__name__}: {msg}"[:500], "traceback": traceback.format_exc()[-3000:]}
-    atomic_write_json(out_dir / "compare_result.json", result)
+def method_result(run_path: str, latency_batch: int, repeats: int) -> dict:
+    """After a method's run (in its trial's process): its numbers for the table, with inference timed
+    on the adapter reloaded from disk."""
+    run = RunDir.open(run_path)
+    summary = run.read_json("summary.json")
+    metric = summary["metric"]  # the recipe's train.metric_for_best, or the task's own default
+    losses = [(r["step"], r["loss"]) for r in run.metrics() if r.get("split") == "train"]
+    return {
+        "status": "ok", "trainable_params": summary["trainable_params"], "total_params": summary["total_params"],
+        "trainable_percent": summary["trainable_percent"], "metric": metric,
+        "test_metric": summary["test"]["after"][metric], "test_accuracy": summary["test"]["after"].get("accuracy"),
+        "train_seconds": summary["train_seconds"], "steps": summary["steps"], "peak_rss_mb": summary["peak_rss_mb"],
+        "adapter_bytes": adapter_bytes(run.adapter_dir), **measure_latency(run_path, latency_batch, repeats),
+        "lr": run.config().train.lr, "method_info": summary.get("method_info") or {}, "loss_curve": losses,
+    }
 
 
 def adapter_bytes(adapter_dir: Path) -> int:
