@@ -62,13 +62,13 @@ def rows(study, t: TuneConfig, metric: str) -> tuple[list[str], list[list]]:
     names = [metric if o == "metric" else o for o in t.objectives]
     variant = any("variant" in tr.user_attrs for tr in study.trials)
     head = ["trial", *(["variant"] if variant else []), "state", *names, *keys, "pruned at step", "steps", "train s",
-            "trainable params", "error"]
+            "trial s", "trainable params", "error"]
     out = []
     for tr in study.trials:
         a = tr.user_attrs
         vals = values_of(tr) or [None] * len(names)
         out.append([tr.number, *([a.get("variant", "")] if variant else []), tr.state.name.lower(), *vals, *(tr.params.get(k) for k in keys), a.get("pruned_at_step"),
-                    a.get("steps"), a.get("train_seconds"), a.get("trainable_params"), a.get("error", "")])
+                    a.get("steps"), a.get("train_seconds"), a.get("trial_seconds"), a.get("trainable_params"), a.get("error", "")])
     return head, out
 
 
