@@ -5,10 +5,15 @@ tunelab study as any other."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import time
 import warnings
 from pathlib import Path
 
 import optuna
+
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from tunelab.config.tune import TuneConfig
 from tunelab.errors import TunelabError
@@ -22,20 +27,49 @@ def storage_url(storage: str | None, out_dir: Path) -> str:
     return storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
 
 
+def _rdb(url: str, heartbeat_seconds: int | None):
+    # SQLite: workers wait for each other's writes (default 5 s) up to a minute instead of failing
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_seconds,
+                                          grace_period=3 * heartbeat_seconds if heartbeat_seconds else None)
+
+
+@contextlib.contextmanager
+def _creation_lock(url: str):
+    """SQLite file on this disk: one worker at a time creates (or checks) its schema."""
+    path = url.removeprefix("sqlite:///")
+    if not url.startswith("sqlite:///") or not path or path == ":memory:":
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def open_storage(url: str, heartbeat_seconds: int | None):
     """Heartbeats on: a worker killed mid-trial stops beating, and the next worker to start a trial
     marks that trial failed (Optuna's fail_stale_trials), so the study has no hole. None: no heartbeat
     (a trial's child process, whose parent beats for it)."""
     if url.startswith(RDB_PREFIXES):
-        try:
-            # SQLite: workers wait for each other's writes (default 5 s) up to a minute instead of failing
-            engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else None
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_seconds,
-                                                  grace_period=3 * heartbeat_seconds if heartbeat_seconds else None)
-        except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many kinds; all mean "cannot open it"
-            raise TunelabError(f"cannot open the study storage '{url}': {str(e).splitlines()[0]}") from None
+        for attempt in range(5):
+            try:
+                with _creation_lock(url):
+                    return _rdb(url, heartbeat_seconds)
+            except (IntegrityError, OperationalError) as e:
+                # Two workers creating a new storage at once both write its schema (seen in CI: "UNIQUE
+                # constraint failed: alembic_version.version_num", "table ... already exists"); the one
+                # that lost finds it made on the next try. SQLite is also serialized by a file lock.
+                if attempt == 4 or not (isinstance(e, IntegrityError) or "already exists" in str(e)):
+                    raise TunelabError(f"cannot open the study storage '{url}': {str(e).splitlines()[0]}") from None
+                time.sleep(0.5 * (attempt + 1))
+            except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many kinds; all mean "cannot open it"
+                raise TunelabError(f"cannot open the study storage '{url}': {str(e).splitlines()[0]}") from None
     path = url.removeprefix("journal:")
     if url.startswith("journal:") or path.endswith((".log", ".jsonl")):
         from optuna.storages.journal import JournalFileBackend
