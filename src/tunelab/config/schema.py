@@ -7,6 +7,7 @@ and looked up by `method.name` and `task.type` (config/sections.py), so adding o
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, model_validator
@@ -142,6 +143,33 @@ class OutputConfig(Section):
     dir: str | None = Field(None, description="exact run folder (instead of root/name-timestamp)")
 
 
+def _default_backends() -> list[str]:
+    """TUNELAB_TRACKING (comma-separated, or `none`) sets the default for every run of a shell or CI job."""
+    env = os.environ.get("TUNELAB_TRACKING")
+    if env is None:
+        return ["mlflow"]
+    return [b.strip() for b in env.split(",") if b.strip() and b.strip() != "none"]
+
+
+class TrackingConfig(Section):
+    """Experiment tracking. Every backend is a loop/session callback (tunelab/tracking/); one that is
+    down or misconfigured prints one warning and the run goes on (metrics.jsonl always has everything)."""
+
+    backends: list[Literal["mlflow", "wandb", "tensorboard"]] = Field(
+        default_factory=_default_backends,
+        description="where runs show up: mlflow (a local SQLite store under output.root unless tracking.uri or "
+        "MLFLOW_TRACKING_URI says otherwise), wandb (offline unless logged in or WANDB_MODE says otherwise), "
+        "tensorboard (event files in the run folder); [] for none. Default: [mlflow], or TUNELAB_TRACKING")
+    experiment: str | None = Field(None, description="MLflow experiment / W&B project; default: the recipe name")
+    tags: dict[str, str] = Field(default_factory=dict, description="extra tags besides task, model, method, dataset, seed")
+    uri: str | None = Field(None, description="MLflow tracking URI (http://host:5000, sqlite:///path.db, a folder); "
+                            "default: MLFLOW_TRACKING_URI, else sqlite:///<output.root>/mlflow.db")
+    log_every_steps: int = Field(1, ge=1, description="send the train step records every N steps")
+    artifacts: bool = Field(True, description="upload the adapter, report, plots and summary at the end of the run")
+    parent_id: str | None = Field(None, description="set by compare and tune: the MLflow parent run of this run")
+    group: str | None = Field(None, description="set by compare and tune: the W&B group of this run")
+
+
 class RunConfig(Section):
     name: str = "run"
     description: str = ""
@@ -156,3 +184,4 @@ class RunConfig(Section):
     output: OutputConfig = OutputConfig()
     tune: TuneConfig = Field(default_factory=TuneConfig, description="`tunelab tune` (ignored by train)")
     compare: CompareConfig = Field(default_factory=CompareConfig, description="`tunelab compare` (ignored by train)")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)

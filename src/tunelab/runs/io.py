@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -32,3 +34,21 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def sqlite_creation_lock(url: str):
+    """A SQLite store on this disk (Optuna's, MLflow's): one process at a time creates or checks its
+    schema. Two processes creating the same new store at once both run its migrations and one fails
+    (seen with parallel tune workers); other URLs need no lock."""
+    path = url.removeprefix("sqlite:///")
+    if not url.startswith("sqlite:///") or not path or path == ":memory:":
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

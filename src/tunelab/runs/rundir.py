@@ -7,10 +7,15 @@
     adapter/            the result in the ecosystem's format (PEFT folder + tokenizer + labels.json)
     report.md, plots/   before/after tables, loss curves, confusion matrices
     summary.json        numbers of the run; written last, so its presence means "complete"
+    failed.json         why training stopped (a NaN loss, ...), with the last good checkpoint
+    .lock               held (flock) by the process training the run: how `tunelab runs` tells running
+                        from interrupted, even after a crash or a kill -9 (the kernel drops the lock)
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import shutil
 import time
@@ -39,6 +44,44 @@ class RunDir:
     @property
     def complete(self) -> bool:
         return self.summary_path.is_file()
+
+    @property
+    def state(self) -> str:
+        """complete / running / failed / interrupted (stopped without finishing: a resumable checkpoint
+        when checkpoints/ has one) / new (nothing trained yet)."""
+        if self.complete:
+            return "complete"
+        if self.running:
+            return "running"
+        if (self.path / "failed.json").is_file():
+            return "failed"
+        return "interrupted" if self.checkpoints.is_dir() or self.metrics_path.is_file() else "new"
+
+    @property
+    def running(self) -> bool:
+        lock = self.path / ".lock"
+        if not lock.is_file():
+            return False
+        with open(lock, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+    @contextlib.contextmanager
+    def hold(self):
+        """Mark the run as running for as long as the block lasts (released by the kernel on any exit)."""
+        with open(self.path / ".lock", "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise TunelabError(f"run '{self.path}' is being trained by another process; wait for it or stop it first") from None
+            try:
+                yield self
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     # -- creation ------------------------------------------------------------------------------
     @classmethod

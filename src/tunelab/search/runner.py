@@ -34,6 +34,7 @@ from tunelab.search.space import check_space
 from tunelab.search.study import make_pruner, make_sampler, open_storage, open_study, storage_url
 from tunelab.search.trial import Objective
 from tunelab.tasks import make_task
+from tunelab.tracking import ParentRun
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 
@@ -101,6 +102,8 @@ def tune(recipe: str | None, overrides: list[str] | None = None, *, out: str | N
                   + (f" + {', '.join(t.objectives[1:])}" if len(t.objectives) > 1 else "") + ")")
     objective = Objective(recipe, extra, t.space, metric, t.objectives, cfg.method.name, root / "trials", t.keep_trial_runs,
                           isolate=t.isolate_trials and t.strategy != "layer_rank", storage_url=url)
+    parent = ParentRun(cfg, root.name, "tune", root)  # each trial's run is a child of the study's tracked run
+    objective.tracking = parent.child_settings()
     if t.strategy == "rank":
         _rank_steps(study, objective, t, show_progress)
     elif t.strategy == "layer_rank":
@@ -108,6 +111,10 @@ def tune(recipe: str | None, overrides: list[str] | None = None, *, out: str | N
     else:
         _search(study, objective, t, show_progress)
     write_study_outputs(study, root, recipe, extra, t, metric)
+    complete = [tr for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
+    if complete and len(t.objectives) == 1:
+        parent.log({f"best/{metric}": study.best_value, "trials/complete": len(complete), "trials/all": len(study.trials)})
+    parent.finish({n: root / n for n in ("report.md", "report.html", "trials.csv", "best.yaml", "plots") if (root / n).exists()})
     console.print(f"Report: {root / 'report.md'}  Best recipe: {root / 'best.yaml'}  Trials: {root / 'trials.csv'}")
     return root
 

@@ -5,8 +5,6 @@ tunelab study as any other."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import time
 import warnings
 from pathlib import Path
@@ -17,6 +15,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from tunelab.config.tune import TuneConfig
 from tunelab.errors import TunelabError
+from tunelab.runs.io import sqlite_creation_lock
 
 RDB_PREFIXES = ("sqlite:", "postgresql", "mysql", "oracle", "mssql")
 
@@ -36,22 +35,6 @@ def _rdb(url: str, heartbeat_seconds: int | None):
                                           grace_period=3 * heartbeat_seconds if heartbeat_seconds else None)
 
 
-@contextlib.contextmanager
-def _creation_lock(url: str):
-    """SQLite file on this disk: one worker at a time creates (or checks) its schema."""
-    path = url.removeprefix("sqlite:///")
-    if not url.startswith("sqlite:///") or not path or path == ":memory:":
-        yield
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{path}.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def open_storage(url: str, heartbeat_seconds: int | None):
     """Heartbeats on: a worker killed mid-trial stops beating, and the next worker to start a trial
     marks that trial failed (Optuna's fail_stale_trials), so the study has no hole. None: no heartbeat
@@ -59,7 +42,7 @@ def open_storage(url: str, heartbeat_seconds: int | None):
     if url.startswith(RDB_PREFIXES):
         for attempt in range(5):
             try:
-                with _creation_lock(url):
+                with sqlite_creation_lock(url):
                     return _rdb(url, heartbeat_seconds)
             except (IntegrityError, OperationalError) as e:
                 # Two workers creating a new storage at once both write its schema (seen in CI: "UNIQUE

@@ -22,7 +22,7 @@ import os
 import shutil
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -174,6 +174,7 @@ class Objective:
     after_run: Callable | None = None
     progress: object = None  # search.progress.TuneProgress
     inspect: object = None  # called with (trial, session) after training, in-process only (layer_rank)
+    tracking: dict = field(default_factory=dict)  # tracking settings of every trial's run (its parent run)
 
     def job(self, trial: optuna.Trial) -> TrialJob:
         params = suggest(trial, self.space, self.base_method)
@@ -187,6 +188,8 @@ class Objective:
             if not self.full_run:
                 own.update({"eval.before": False, "train.metric_for_best": self.metric})
             raw = resolve_raw(self.recipe, trial_overrides(self.user, {**params, **fixed}, own))
+        if self.tracking:
+            raw = merge_dicts(raw, {"tracking": self.tracking})
         validate_config(raw)  # a bad value fails here, in this process, before a child starts
         return TrialJob(raw, self.metric, prune=len(self.objectives) == 1, full_run=self.full_run,
                         after_run=self.after_run, keep_runs=self.keep_runs, quiet=not self.full_run)

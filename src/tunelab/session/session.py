@@ -14,10 +14,16 @@ or all of it: `Session.from_config(cfg).run()`. The task unit (tunelab/tasks/<ty
 unit (tunelab/methods/<name>/) supply everything that differs; nothing here asks which task or method
 it has. Under torchrun (or `accelerate launch`) every process runs the pipeline, the loop shards the batches, and
 only the main process writes the run folder or prints.
+
+Experiment tracking (tunelab/tracking/: MLflow, W&B, TensorBoard, as `tracking.backends` says) is a
+list of callbacks made here: the loop gives them every step and validation, and the steps above emit
+the run's own events to them (`on_run_begin`, `on_run_test` before and after, `on_run_end` with the
+files written, `on_run_failed`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -27,7 +33,7 @@ from tunelab import __version__
 from tunelab.config import load_config
 from tunelab.config.schema import RunConfig
 from tunelab.console import console, status
-from tunelab.errors import NonFiniteLossError, TunelabError
+from tunelab.errors import NonFiniteLossError, RunPaused, TunelabError
 from tunelab.methods import get_method
 from tunelab.models.cpu_kernels import cap_kernel_caches, prepare_dropout, use_cpu_kernels, widen_kernel_caches
 from tunelab.models.state import count_parameters
@@ -36,6 +42,7 @@ from tunelab.runs.report import results_table, write_report
 from tunelab.runs.rundir import RunDir
 from tunelab.runtime import is_main_process, peak_rss_mb, process_rank, resolve_device, resolve_precision, setup_threads
 from tunelab.tasks import make_task
+from tunelab.tracking import trackers_for
 from tunelab.train.callbacks import load_best, run_callbacks
 from tunelab.train.checkpoint import latest_checkpoint
 from tunelab.train.loop import Callback, LoopHooks, fit, set_seed
@@ -61,6 +68,9 @@ class Session:
         self.after: dict | None = None
         self.state: dict | None = None
         self.t_start = time.perf_counter()
+        # Session-level callbacks (the trackers): they see the loop and the run's phases.
+        self.callbacks: list[Callback] = trackers_for(cfg, run.path) if self.main else []
+        self._begun = False
         console.print(f"[bold]Run[/] {run.path}  (recipe '{cfg.name}', task '{cfg.task.type}', method '{cfg.method.name}', "
                       f"seed {cfg.seed})")
 
@@ -143,7 +153,21 @@ class Session:
                 before = self.task.evaluate_before(self.model)
                 self.run_dir.write_json("before.json", before)
         self.before = {**self.task.baselines(), **before}
+        self.emit("on_run_test", "before", self.before)
         return self.before
+
+    def emit(self, event: str, *args) -> None:
+        """A run event (train/loop.py's `Callback.on_run_*`) to the session's callbacks."""
+        if event != "on_run_begin" and not self._begun:
+            self.emit("on_run_begin")
+        if event == "on_run_begin":
+            if self._begun:
+                return
+            self._begun = True
+            args = ({"name": self.run_dir.path.name, "path": str(self.run_dir.path), "resumed": self.resumed,
+                     "config": self.cfg.model_dump(mode="json")},)
+        for cb in self.callbacks:
+            getattr(cb, event)(*args)
 
     def hooks(self) -> LoopHooks:
         task = self.task
@@ -162,8 +186,10 @@ class Session:
 
             PartialState().wait_for_everyone()  # the main process may still be evaluating before training
         standard = run_callbacks(self.run_dir, self.cfg.train, self.metric, resume=self.resumed)
+        self.emit("on_run_begin")
         try:
-            self.state = fit(self.model, self.cfg.train, self.hooks(), [*standard, *callbacks], method=self.method)
+            self.state = fit(self.model, self.cfg.train, self.hooks(), [*standard, *self.callbacks, *callbacks],
+                             method=self.method)
         except NonFiniteLossError as e:
             ckpt = latest_checkpoint(self.run_dir.checkpoints)
             kept = f"kept the last good checkpoint {ckpt.relative_to(self.run_dir.path)}" if ckpt else "no checkpoint was written yet"
@@ -171,12 +197,16 @@ class Session:
                 self.run_dir.write_json("failed.json", {"error": str(e), "step": e.step,
                                                         "last_checkpoint": str(ckpt) if ckpt else None})
             raise TunelabError(f"training stopped: {e}; {kept}; lower train.lr or check the data") from None
+        if self.state.get("paused"):
+            raise RunPaused(f"stopped at step {self.state['step']} of {self.state['total_steps']} with a checkpoint; "
+                            f"continue with `tunelab train --resume {self.run_dir.path}`")
         return self.state
 
     def evaluate(self) -> dict:
         """The best validation checkpoint on the test split."""
         load_best(self.run_dir, self.model, self.method)
         self.after = self.task.evaluate(self.model, "Evaluating after")
+        self.emit("on_run_test", "after", {"after": self.after})
         return self.after
 
     def save(self) -> Path:
@@ -219,17 +249,26 @@ class Session:
         atomic_write_json(run.summary_path, summary)  # last: its presence marks the run complete
         console.print(f"Train time {summary['train_seconds']} s, peak RSS {summary['peak_rss_mb']} MB. "
                       f"Report: {run.path / 'report.md'}  Adapter: {run.adapter_dir}")
+        files = {"adapter": run.adapter_dir, "plots": run.plots_dir, **{n: run.path / n for n in (
+            "report.md", "summary.json", "config.yaml", "metrics.jsonl", "samples.json")}}
+        self.emit("on_run_end", summary, {k: v for k, v in files.items() if v.exists()})
         return summary
 
     def run(self, callbacks: list[Callback] = ()) -> RunDir:
-        """Every step, end to end; returns the run folder."""
-        self.prepare()
-        self.evaluate_before()
-        self.fit(callbacks)
-        if self.main:
-            self.evaluate()
-            self.save()
-            self.summary()
+        """Every step, end to end; returns the run folder. While it runs, the folder is held (`tunelab
+        runs` shows it as running); a failure or Ctrl-C reaches the trackers before it propagates."""
+        with self.run_dir.hold() if self.main else contextlib.nullcontext():
+            try:
+                self.prepare()
+                self.evaluate_before()
+                self.fit(callbacks)
+                if self.main:
+                    self.evaluate()
+                    self.save()
+                    self.summary()
+            except BaseException as e:
+                self.emit("on_run_failed", str(e) or type(e).__name__, isinstance(e, (KeyboardInterrupt, RunPaused)))
+                raise
         return self.run_dir
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
+import threading
 
 from safetensors.torch import load_file, save_file
 
@@ -92,6 +94,36 @@ class TimeBudget(Callback):
             loop.stop("time_budget")
 
 
+class PauseOnSignal(Callback):
+    """Ctrl-C or SIGTERM (the UI's stop button, a cluster's preemption notice) pauses the run: the
+    current step finishes, a checkpoint is written, and `tunelab train --resume` continues it. A second
+    Ctrl-C aborts at once. Only in the main thread (signal handlers cannot be set elsewhere)."""
+
+    def __init__(self):
+        self.asked = False
+        self._old: dict = {}
+
+    def _handler(self, signum, frame):
+        if self.asked and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.asked = True
+        console.print("[yellow]stopping after this step[/] (a checkpoint is kept; resume with `tunelab train --resume`); "
+                      "Ctrl-C again aborts")
+
+    def on_train_begin(self, loop):
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_step_end(self, loop, record):
+        if self.asked:
+            loop.pause()
+
+    def on_train_end(self, loop):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old = {}
+
+
 class BestCheckpoint(Callback):
     """The trainable state of the best validation step in run/best/ (replaced atomically)."""
 
@@ -131,7 +163,7 @@ def run_callbacks(run: RunDir, cfg: TrainConfig, metric: str, resume: bool = Fal
         callbacks.append(TimeBudget(cfg.max_minutes))
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStopping(cfg.early_stopping_patience))
-    callbacks += [BestCheckpoint(run), ConsoleProgress(metric)]
+    callbacks += [BestCheckpoint(run), PauseOnSignal(), ConsoleProgress(metric)]
     return callbacks
 
 

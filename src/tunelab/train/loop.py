@@ -52,7 +52,10 @@ class LoopHooks:
 class Callback:
     """Sees the loop at fixed points; every method is optional. `loop` is the running `Loop`: its
     `state` dict (step, best_metric, ...), model, optimizer, scheduler, method; `loop.stop(reason)`
-    ends training after the current step (validated and saved first)."""
+    ends training after the current step (validated and saved first).
+
+    The `on_run_*` events are the run's phases around the loop, emitted by the Session (a tracker sees
+    a whole run through them: its config, the test metrics before and after, the files it wrote)."""
 
     def on_train_begin(self, loop: Loop) -> None: ...
 
@@ -63,6 +66,18 @@ class Callback:
     def on_save(self, loop: Loop) -> None: ...
 
     def on_train_end(self, loop: Loop) -> None: ...
+
+    def on_run_begin(self, run: dict) -> None:
+        """run: name, path, config (the resolved config as a dict), tags, resumed."""
+
+    def on_run_test(self, phase: str, columns: dict) -> None:
+        """phase 'before' (baseline columns: majority class, zero-shot, ...) or 'after' (the trained
+        model); columns: name -> metrics on the test split."""
+
+    def on_run_end(self, summary: dict, files: dict) -> None:
+        """summary.json's content; files: artifact name -> path (adapter, report, plots, summary, ...)."""
+
+    def on_run_failed(self, error: str, interrupted: bool) -> None: ...
 
 
 def rows(batch: dict) -> int:
@@ -115,6 +130,7 @@ class Loop:
         self.model, self.optimizer, self.scheduler, self.method = model, optimizer, scheduler, method
         self.cfg, self.state, self.accelerator = cfg, state, accelerator
         self.stop_reason: str | None = None
+        self.paused = False
 
     @property
     def unwrapped(self) -> torch.nn.Module:
@@ -130,6 +146,11 @@ class Loop:
         self.stop_reason = self.stop_reason or reason
         self.state["stop_reason"] = self.stop_reason
         self.state["stopped_early"] = self.stop_reason == "early_stopping"
+
+    def pause(self) -> None:
+        """End training after this step with a checkpoint, without ending the run (no last validation,
+        the step budget kept): resuming continues it to the end."""
+        self.paused = True
 
 
 def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, callbacks: Sequence[Callback] = (), *,
@@ -180,13 +201,15 @@ def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, callbacks: S
             state.update(best_metric=value, best_step=state["step"])
         emit("on_evaluate", metrics, improved)
 
-    def step_once(group: list) -> tuple[float, float | None]:
-        """One optimizer step over a group of micro-batches; returns (global loss, grad norm)."""
+    def step_once(group: list) -> tuple[float, float | None, int]:
+        """One optimizer step over a group of micro-batches; returns (global loss, grad norm, this
+        process's input tokens)."""
         pieces = []  # (batch, weight): this process's rows, cut to the token budget
         for idx in group:
             mine, stand_in = shard(idx, rank, world) if world > 1 else (idx, False)
             for p in split_rows(hooks.collate(mine), cfg.max_batch_tokens):
                 pieces.append((p, 0.0 if stand_in else float(hooks.weight(p)) if hooks.weight else float(rows(p))))
+        tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b, _ in pieces)
         local = sum(w for _, w in pieces)
         total = float(accelerator.reduce(torch.tensor(local, device=accelerator.device), "sum")) if world > 1 else local
         if world == 1:  # nothing to learn from in a piece without targets (e.g. no reply tokens)
@@ -216,7 +239,7 @@ def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, callbacks: S
             grad_norm = float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm))
             if not math.isfinite(grad_norm):
                 raise NonFiniteLossError(f"gradient norm is {grad_norm} at step {state['step'] + 1}", state["step"] + 1)
-        return float(step_loss), grad_norm
+        return float(step_loss), grad_norm, tokens
 
     emit("on_train_begin")
     total_steps = state["total_steps"] = min(state["total_steps"], total_steps)
@@ -224,16 +247,16 @@ def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, callbacks: S
         # Under bf16 on CPU the frozen weights are held in bf16 for the loop: no re-cast per step, and a
         # bf16 residual stream instead of float32 casts before every linear map.
         with training_weights(loop.unwrapped, precision, accelerator.device):
-            while state["step"] < total_steps and loop.stop_reason is None:
+            while state["step"] < total_steps and loop.stop_reason is None and not loop.paused:
                 epoch, done_in_epoch = divmod(state["step"], steps_per_epoch)
                 micro = hooks.batches(epoch)
                 step_groups = [micro[i : i + cfg.grad_accum] for i in range(0, len(micro), cfg.grad_accum)]
                 for group in step_groups[done_in_epoch:]:
-                    if state["step"] >= total_steps or loop.stop_reason is not None:
+                    if state["step"] >= total_steps or loop.stop_reason is not None or loop.paused:
                         break
                     t0 = time.perf_counter()
                     model.train()
-                    step_loss, grad_norm = step_once(group)
+                    step_loss, grad_norm, tokens = step_once(group)
                     if method is not None:
                         method.before_optimizer_step(loop.unwrapped, optimizer, state["step"] + 1, total_steps)
                     optimizer.step()
@@ -246,16 +269,17 @@ def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, callbacks: S
                     state["train_seconds"] += dt
                     emit("on_step_end", {"step": state["step"], "split": "train", "epoch": state["step"] / steps_per_epoch,
                                          "loss": step_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                                         "examples": sum(len(idx) for idx in group), "seconds": dt})
+                                         "examples": sum(len(idx) for idx in group), "tokens": tokens, "seconds": dt})
                     last = state["step"] == total_steps or loop.stop_reason is not None
                     if last:
                         state["total_steps"] = total_steps = state["step"]  # a stop ends the run here
                     if state["step"] % eval_every == 0 or last:
                         evaluate()
-                    if state["step"] % save_every == 0 or last or loop.stop_reason is not None:
+                    if state["step"] % save_every == 0 or last or loop.stop_reason is not None or loop.paused:
                         emit("on_save")
     finally:
         emit("on_train_end")
+    state["paused"] = loop.paused and state["step"] < total_steps
     return state
 
 

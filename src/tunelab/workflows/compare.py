@@ -41,6 +41,8 @@ from tunelab.runs.tables import write_table_report
 from tunelab.search.runner import run_variant
 from tunelab.search.study import open_storage, open_study, storage_url
 from tunelab.search.trial import Objective
+from tunelab.tracking import ParentRun
+from tunelab.tracking.base import numbers
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "method_weights.safetensors", "tunelab_method.json")
 
@@ -82,6 +84,9 @@ def compare(recipe: str | None, methods: list[str] | None = None, overrides: lis
     task = make_task(configs[names[0]])
     metric = task.metric_for_best()
     root.mkdir(parents=True, exist_ok=True)
+    # One tracked parent run; each method's training is its child (the children get its id in their config).
+    parent = ParentRun(configs[names[0]], root.name, "compare", root)
+    raws = {m: merge_dicts(r, {"tracking": parent.child_settings()}) for m, r in raws.items()}
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     url = storage_url(None, root)
     study = open_study(open_storage(url, heartbeat_seconds=20), f"compare-{raw['name']}",
@@ -105,9 +110,11 @@ def compare(recipe: str | None, methods: list[str] | None = None, overrides: lis
             console.print(f"[red]{m} failed:[/] {res['error']}")
         results.append(res)
         atomic_write_json(root / "compare.json", _document(raw, names, results, metric))  # partial results survive
+        parent.log(numbers({k: v for k, v in res.items() if k != "loss_curve"}, m))
     doc = _document(raw, names, results, metric)
     atomic_write_json(root / "compare.json", doc)
     write_compare_report(root, doc)
+    parent.finish({n: root / n for n in ("report.md", "report.html", "compare.json", "plots") if (root / n).exists()})
     print_table(doc)
     console.print(f"\nReport: {root / 'report.md'}  {root / 'report.html'}  {root / 'compare.json'}")
     return root
