@@ -112,9 +112,8 @@ class MlflowTracker(Tracker):
                               synchronous=False)
 
     def finish(self, summary, files, status):
-        import mlflow
-
-        mlflow.flush_async_logging()
+        # this run's store, not mlflow.flush_async_logging(): that one opens the default store (./mlflow.db)
+        self.client._tracking_client.store.flush_async_logging()
         upload(self.client, self.run_id, files)
         self.client.set_terminated(self.run_id, STATUS[status])
 
