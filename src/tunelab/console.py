@@ -73,8 +73,8 @@ def quiet_libraries() -> None:
     # warning when it cannot (always, offline); its built-in CPU kernels are used either way.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     # MLflow's store set-up ("Creating initial MLflow database tables...") and W&B's per-file lines.
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow sets its logger's level on import
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Library deprecation chatter (transformers 5 / peft).
