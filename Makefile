@@ -18,6 +18,12 @@ $(STAMP): pyproject.toml requirements-assets.txt constraints.txt
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sword-text-web sword-text-sparv >/dev/null) \
 	      || echo "warning: could not apt-get install sword-text-web sword-text-sparv (bible-en-es unavailable)"; \
 	  else echo "note: bible-en-es needs: apt-get install sword-text-web sword-text-sparv (as root)"; fi; fi
+	@# Best effort: the UI tests drive Debian's chromium headless (Playwright via executable_path).
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "warning: could not apt-get install chromium (the UI browser tests will be skipped)"; \
+	  else echo "note: the UI browser tests need: apt-get install chromium (as root)"; fi; fi
 	rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 install: $(STAMP)

@@ -210,6 +210,19 @@ def runs(
 
 
 @app.command()
+def ui(
+    root: Annotated[str, typer.Option(help="the runs folder the UI reads and starts runs in")] = "runs",
+    host: Annotated[str, typer.Option(help="address to bind; anything but 127.0.0.1 needs --token")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 7860,
+    token: Annotated[Optional[str], typer.Option(help="access token (or TUNELAB_UI_TOKEN); required off localhost")] = None,
+):
+    """The web UI: start a run, watch it live, stop/resume, browse runs, chat or classify, export."""
+    from tunelab.ui.server import serve_ui
+
+    serve_ui(root, host, port, token)
+
+
+@app.command()
 def recipes():
     """List the packaged recipes."""
     from tunelab.recipes import describe, recipe_names

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -59,25 +60,34 @@ class RunDir:
 
     @property
     def running(self) -> bool:
+        return self.trainer_pid() is not None
+
+    def trainer_pid(self) -> int | None:
+        """The process training this run now (it holds .lock and wrote its pid there), else None."""
         lock = self.path / ".lock"
         if not lock.is_file():
-            return False
-        with open(lock, "a") as f:
+            return None
+        with open(lock, "a+") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                return True
+                f.seek(0)
+                text = f.read().strip()
+                return int(text) if text.isdigit() else -1
             fcntl.flock(f, fcntl.LOCK_UN)
-        return False
+        return None
 
     @contextlib.contextmanager
     def hold(self):
         """Mark the run as running for as long as the block lasts (released by the kernel on any exit)."""
-        with open(self.path / ".lock", "a") as f:
+        with open(self.path / ".lock", "a+") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise TunelabError(f"run '{self.path}' is being trained by another process; wait for it or stop it first") from None
+            f.truncate(0)
+            f.write(str(os.getpid()))
+            f.flush()
             try:
                 yield self
             finally:
