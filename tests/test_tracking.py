@@ -117,6 +117,43 @@ def test_unreachable_tracking_server_costs_one_warning_not_the_run(tmp_path):
     assert sum(1 for _ in open(tmp_path / "run" / "metrics.jsonl")) > 0
 
 
+def test_a_run_logs_to_a_real_mlflow_tracking_server(tmp_path):
+    """`mlflow server` (SQLite backend) in a subprocess, the run pointed at it by tracking.uri."""
+    import subprocess
+    import sys
+    import time
+
+    import requests
+    from mlflow.tracking import MlflowClient
+
+    port = _closed_port()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'srv.db'}",
+                               "--default-artifact-root", str(tmp_path / "srv-artifacts")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if requests.get(f"{uri}/health", timeout=1).ok:
+                    break
+            except requests.RequestException:
+                time.sleep(0.5)
+        run = train(*TINY, "train.epochs=1", "data.max_train_samples=120", "eval.before=false",
+                    "tracking.backends=[mlflow]", f"tracking.uri={uri}", "tracking.experiment=remote",
+                    f"output.dir={tmp_path / 'run'}")
+        client = MlflowClient(tracking_uri=uri)
+        found = client.search_runs([client.get_experiment_by_name("remote").experiment_id])
+        assert len(found) == 1 and found[0].info.status == "FINISHED"
+        assert found[0].info.run_id == json.loads((run / "tracking.json").read_text())["mlflow"]
+        assert len(client.get_metric_history(found[0].info.run_id, "train/loss")) == read_summary(run)["steps"]
+        assert "summary.json" in {a.path for a in client.list_artifacts(found[0].info.run_id)}
+        assert not (tmp_path / "mlflow.db").exists()  # nothing went to a local store instead
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def test_unknown_backend_is_a_one_line_config_error(tmp_path):
     proc = run_cli("train", "tracking.backends=[mlfow]", f"output.dir={tmp_path / 'x'}")
     assert proc.returncode == 2 and "tracking.backends" in proc.stdout and "mlflow" in proc.stdout, proc.stdout

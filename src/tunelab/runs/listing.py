@@ -21,7 +21,7 @@ def run_folders(root: Path, depth: int = 4) -> list[RunDir]:
     def walk(d: Path, left: int) -> None:
         if (d / "config.yaml").is_file():
             found.append(RunDir(d))
-        if left:
+        if left and not (d / "tune.json").is_file():  # a study's trial folders are rows of its own report
             for sub in sorted(d.iterdir()):
                 if sub.is_dir() and sub.name not in SKIP and not sub.name.startswith("."):
                     walk(sub, left - 1)

@@ -42,7 +42,7 @@ def build_blocks(root: str | Path) -> tuple[gr.Blocks, Context]:
             with gr.Tab("New run", id="new"):
                 new_slot = gr.Column()
             with gr.Tab("Live run", id="live"):
-                ctx.live_run = gr.Dropdown(ctx.run_choices(), label="run", elem_id="live-run")
+                ctx.live_run = gr.Dropdown(ctx.run_choices(), value=None, label="run", elem_id="live-run")
                 live.build(ctx, ctx.live_run)
             with gr.Tab("Runs", id="runs"):
                 runs_page.build(ctx)

@@ -16,7 +16,7 @@ MARKER = "tunelab_export.json"
 
 def build(ctx) -> None:
     with gr.Row():
-        run = gr.Dropdown(ctx.finished_choices(), label="finished run", elem_id="ex-run")
+        run = gr.Dropdown(ctx.finished_choices(), value=None, label="finished run", elem_id="ex-run")
         refresh = gr.Button("Refresh", size="sm", elem_id="ex-refresh")
     with gr.Row():
         dtype = gr.Radio(["fp32", "bf16", "fp16"], value="fp32", label="weights dtype", elem_id="ex-dtype")

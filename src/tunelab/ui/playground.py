@@ -46,7 +46,7 @@ def _base_of(run: str) -> str:
 def build(ctx) -> None:
     models = Models()
     with gr.Row():
-        a = gr.Dropdown(ctx.finished_choices(), label="run A", elem_id="pg-a")
+        a = gr.Dropdown(ctx.finished_choices(), value=None, label="run A", elem_id="pg-a")
         b = gr.Dropdown([NONE, BASE, *[c[1] for c in ctx.finished_choices()]], value=NONE, label="B (side by side)",
                         elem_id="pg-b")
         refresh = gr.Button("Refresh", size="sm", elem_id="pg-refresh")

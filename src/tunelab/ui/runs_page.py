@@ -14,13 +14,13 @@ from tunelab.ui import views
 def build(ctx) -> None:
     refresh = gr.Button("Refresh", size="sm", elem_id="runs-refresh")
     table = gr.Dataframe(views.runs_frame(ctx.root), label="runs", interactive=False, elem_id="runs-table")
-    run = gr.Dropdown(ctx.run_choices(), label="run", elem_id="runs-run")
+    run = gr.Dropdown(ctx.run_choices(), value=None, label="run", elem_id="runs-run")
     before_after = gr.Dataframe(label="test split: before vs after", interactive=False, elem_id="runs-before-after")
     gallery = gr.Gallery(label="plots", columns=3, height=320, elem_id="runs-plots")
     samples = gr.Dataframe(label="sample outputs", interactive=False, elem_id="runs-samples")
     report = gr.Markdown(elem_id="runs-report")
     gr.Markdown("### Compare and tune")
-    folder = gr.Dropdown(views.report_choices(ctx.root), label="compare / tune folder", elem_id="reports")
+    folder = gr.Dropdown(views.report_choices(ctx.root), value=None, label="compare / tune folder", elem_id="reports")
     folder_plots = gr.Gallery(label="plots", columns=3, height=320, elem_id="report-plots")
     folder_report = gr.Markdown(elem_id="report-md")
 
