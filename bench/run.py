@@ -63,7 +63,9 @@ def run_workload(name: str, repeats: int, quick: bool, only_sizes: list[int] | N
                 print(f"  {name} {impl:8s} size {size:5d} rep {rep}: {rec['examples_per_s']:.2f} ex/s, "
                       f"{rec['tokens_per_s']:.1f} tok/s, {rec['peak_rss_mb']:.0f} MB ({time.time() - t0:.0f} s)", flush=True)
     gemm.append(child("bench.gemm", *on))
-    peak = {p: max(g[p] for g in gemm) * 1e9 for p in ("fp32", "bf16")}
+    # bf16 is null where the CPU has no fast bf16 kernel (bench/gemm.py): no bf16 peak, fp32 MFU only
+    peak = {p: max(g[p] for g in gemm if g.get(p) is not None) * 1e9 for p in ("fp32", "bf16")
+            if any(g.get(p) is not None for g in gemm)}
     for rec in records:
         if "flops_per_s" in rec:
             rec["mfu"] = rec["flops_per_s"] / peak[rec["precision"] if rec["precision"] in peak else "fp32"]

@@ -82,10 +82,12 @@ def write_readme(out_dir: Path) -> None:
     for res in results:
         g = res["gemm_peak_gflops"]
         med_peak = "".join(f", median of timed repeats {p} {max(x[p + '_median'] for x in res['gemm']):.0f}"
-                           for p in ("fp32", "bf16") if all(p + "_median" in x for x in res["gemm"]))
+                           for p in ("fp32", "bf16") if all(x.get(p + "_median") is not None for x in res["gemm"]))
+        bf16 = f"{g['bf16']:.0f} GFLOP/s" if "bf16" in g else "not measured (" + next(
+            (x["bf16_skipped"] for x in res["gemm"] if x.get("bf16_skipped")), "no fast bf16 kernel") + ")"
         shape = "8192x8192 on the CUDA GPU" if res.get("device") == "cuda" else "2048x2048, 2 threads"
         lines.append(f"GEMM peak measured in the {res['workload']} run (best of 10, {shape}): fp32 "
-                     f"{g['fp32']:.0f} GFLOP/s, bf16 {g['bf16']:.0f} GFLOP/s{med_peak}. MFU uses the best. Versions: "
+                     f"{g['fp32']:.0f} GFLOP/s, bf16 {bf16}{med_peak}. MFU uses the best. Versions: "
                      + ", ".join(f"{k} {v}" for k, v in res["records"][0]["versions"].items()) + ".")
     lines.append("")
     for res in results:
