@@ -73,8 +73,7 @@ def report_folders(root: str | Path = "runs") -> list[dict]:
         if not (d / "report.md").is_file() or (d / "config.yaml").is_file():
             continue
         kind = "compare" if (d / "compare.json").is_file() else "tune" if (d / "trials.csv").is_file() else "report"
-        out.append({"name": d.name, "path": str(d), "kind": kind, "mtime": (d / "report.md").stat().st_mtime,
-                    "plots": [str(p) for p in sorted((d / "plots").glob("*.png"))] if (d / "plots").is_dir() else []})
+        out.append({"name": d.name, "path": str(d), "kind": kind, "mtime": (d / "report.md").stat().st_mtime})
     return sorted(out, key=lambda r: r["mtime"], reverse=True)
 
 

@@ -7,6 +7,7 @@ loop's own MetricsLog callback, still has every number."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -79,14 +80,10 @@ class Tracker(Callback):
 
     # -- ids kept in the run folder, so a resumed run continues the same tracked run -------------------
     def saved_id(self) -> str | None:
-        import json
-
         p = self.path / "tracking.json"
         return json.loads(p.read_text()).get(self.backend) if p.is_file() else None
 
     def save_id(self, run_id: str) -> None:
-        import json
-
         p = self.path / "tracking.json"
         ids = json.loads(p.read_text()) if p.is_file() else {}
         atomic_write_json(p, {**ids, self.backend: run_id})

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import gradio as gr
 
+from tunelab.export.folder import MARKER
 from tunelab.ui import views
-
-MARKER = "tunelab_export.json"
+from tunelab.workflows.export import read_record
 
 
 def build(ctx) -> None:
@@ -46,7 +46,7 @@ def build(ctx) -> None:
         if proc.returncode != 0 or not (out / MARKER).is_file():
             yield text, None, None
             return
-        record = {"folder": str(out), **views.read_json(out / MARKER)}
+        record = {"folder": str(out), **read_record(out)}
         archive = shutil.make_archive(str(ctx.root / ".ui" / "downloads" / f"{Path(path).name}-{suffix}"), "zip", out)
         yield text, views.export_table(record), archive
 

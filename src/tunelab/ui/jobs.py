@@ -84,10 +84,6 @@ class Jobs:
         self._launch(str(run.path), ["train", "--resume", str(run.path)], self.log_path(run.path))
         return f"resuming {run.path.name}"
 
-    def exit_code(self, run_path: str | Path) -> int | None:
-        proc = self.procs.get(str(Path(run_path)))
-        return proc.poll() if proc is not None else None
-
     def start_export(self, run_path: str | Path, args: list[str]) -> tuple[subprocess.Popen, Path]:
         log = self.logs / f"export-{Path(run_path).name}.log"
         log.unlink(missing_ok=True)

@@ -4,7 +4,6 @@ a browser."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -131,6 +130,3 @@ def export_table(record: dict) -> pd.DataFrame:
             ("ONNX max abs diff", (record.get("onnx") or {}).get("max_abs_diff")), ("seconds", record.get("seconds"))]
     return pd.DataFrame([{"": k, "value": fmt(v)} for k, v in rows if v is not None])
 
-
-def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
