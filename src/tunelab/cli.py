@@ -137,6 +137,28 @@ def tune(
 
 
 @app.command()
+def federate(
+    recipe: RecipeArg = None,
+    overrides: OverridesArg = None,
+    strategies: Annotated[Optional[str], typer.Option(help="comma-separated strategies to run side by side, e.g. "
+                                                      "fedavg,fedprox (default: federated.strategy)")] = None,
+    superlink: Annotated[Optional[str], typer.Option(help="deployment: a running SuperLink's Control API, e.g. "
+                                                     "127.0.0.1:9093 (default: Flower's simulation on this machine)")] = None,
+    out: Annotated[Optional[str], typer.Option(help="federate folder (default: runs/federate-RECIPE-TIMESTAMP); its "
+                                               "partitions/ are reused when present")] = None,
+    baselines: Annotated[Optional[bool], typer.Option("--baselines/--no-baselines", help="also train centralized and "
+                                                      "local-only runs (default: federated.baselines)")] = None,
+):
+    """Federated fine-tuning on Flower: clients train on their own data, only the adapter travels, the server averages."""
+    from tunelab.workflows.federate import federate as run_federate
+
+    recipe, overrides = _split_recipe(recipe, overrides)
+    names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
+    run_federate(recipe or "sentiment-federated", overrides, strategies=names, superlink=superlink, out=out,
+                 baselines=baselines)
+
+
+@app.command()
 def chat(
     target: Annotated[str, typer.Argument(help="run folder of a generative run, or a model name / folder")] = "smollm2-135m-instruct",
     system: Annotated[Optional[str], typer.Option(help="system prompt")] = None,

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, model_validator
 
+from tunelab.config.federated import FederatedConfig
 from tunelab.config.tune import CompareConfig, TuneConfig
 
 
@@ -184,4 +185,5 @@ class RunConfig(Section):
     output: OutputConfig = OutputConfig()
     tune: TuneConfig = Field(default_factory=TuneConfig, description="`tunelab tune` (ignored by train)")
     compare: CompareConfig = Field(default_factory=CompareConfig, description="`tunelab compare` (ignored by train)")
+    federated: FederatedConfig = Field(default_factory=FederatedConfig, description="`tunelab federate` (ignored by train)")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

@@ -95,8 +95,13 @@ class Session:
         return cls(run.config(), run, resume=True)
 
     # -- the steps ---------------------------------------------------------------------------------
-    def load_data(self):
-        self.splits = self.task.load_splits()
+    def load_data(self, splits=None):
+        """The task's split, or `splits` given (a federated client's own share of the data)."""
+        if splits is not None:
+            self.task.use_splits(splits)
+            self.splits = splits
+        else:
+            self.splits = self.task.load_splits()
         labels = f"  labels: {', '.join(self.task.labels)}" if self.task.labels else ""
         console.print(f"Data: {self.splits.sizes()}{labels}")
         for note in self.splits.notes:

@@ -55,6 +55,10 @@ class Task:
         sets `self.labels` where the task has labels."""
         raise NotImplementedError
 
+    def use_splits(self, splits) -> None:
+        """Take `splits` made elsewhere (a federated client's own share) as if load_splits had read them."""
+        self.splits, self.labels = splits, list(splits.labels)
+
     def read_file(self, path: str):
         """One user file in this task's columns, prepared but not split (`tunelab eval RUN --file`)."""
         raise NotImplementedError

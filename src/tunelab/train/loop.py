@@ -59,6 +59,10 @@ class Callback:
 
     def on_train_begin(self, loop: Loop) -> None: ...
 
+    def on_before_optimizer_step(self, loop: Loop) -> None:
+        """Gradients in place (clipped), before the optimizer steps: a callback may add to them
+        (federated FedProx: the proximal term's gradient)."""
+
     def on_step_end(self, loop: Loop, record: dict) -> None: ...
 
     def on_evaluate(self, loop: Loop, metrics: dict, improved: bool) -> None: ...
@@ -257,6 +261,7 @@ def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, callbacks: S
                     t0 = time.perf_counter()
                     model.train()
                     step_loss, grad_norm, tokens = step_once(group)
+                    emit("on_before_optimizer_step")
                     if method is not None:
                         method.before_optimizer_step(loop.unwrapped, optimizer, state["step"] + 1, total_steps)
                     optimizer.step()
