@@ -256,3 +256,36 @@ def test_deployment_superlink_and_two_supernodes_as_processes(tmp_path, monkeypa
     assert all(sorted(c["client"] for c in r["clients"]) == ["client-0", "client-1"] for r in rounds)
     assert json.loads((run / "summary.json").read_text())["steps"] == 2
     _adapter_loads_with_plain_peft(run)
+
+
+def test_killed_federation_resumes_from_its_last_completed_round(tmp_path):
+    """kill -9 of `tunelab federate` during round 2; the same command with the same --out continues
+    from round 1's global state: rounds 1, 2, 3 each logged once, the run completes."""
+    import signal
+
+    out = tmp_path / "fed"
+    args = [sys.executable, "-m", "tunelab", "federate", "sentiment-tiny", *TINY, "federated.rounds=3", "--out", str(out),
+            "--no-baselines"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    state = out / "fedavg" / "federated" / "state.json"
+    try:
+        end = time.time() + 300
+        while not state.is_file() and time.time() < end and proc.poll() is None:
+            time.sleep(0.2)
+        assert state.is_file(), "round 1 never completed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert json.loads(state.read_text())["round"] == 1
+    assert not (out / "fedavg" / "summary.json").exists()
+    from tunelab.federated.experiment import federate
+
+    federate("sentiment-tiny", [*TINY, "federated.rounds=3"], out=str(out), baselines=False)
+    run = out / "fedavg"
+    rounds = [json.loads(x)["round"] for x in (run / "federated" / "rounds.jsonl").read_text().splitlines()]
+    assert rounds == [1, 2, 3]
+    assert json.loads((run / "summary.json").read_text())["steps"] == 3
+    validation_steps = [m["step"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                        if m.get("split") == "validation"]
+    assert validation_steps == [1, 2, 3]

@@ -144,8 +144,11 @@ def federate(
                                                       "fedavg,fedprox (default: federated.strategy)")] = None,
     superlink: Annotated[Optional[str], typer.Option(help="deployment: a running SuperLink's Control API, e.g. "
                                                      "127.0.0.1:9093 (default: Flower's simulation on this machine)")] = None,
-    out: Annotated[Optional[str], typer.Option(help="federate folder (default: runs/federate-RECIPE-TIMESTAMP); its "
-                                               "partitions/ are reused when present")] = None,
+    out: Annotated[Optional[str], typer.Option(help="federate folder (default: runs/federate-RECIPE-TIMESTAMP); an "
+                                               "existing one continues: its partitions are reused and an interrupted "
+                                               "run resumes from its last completed round")] = None,
+    dp_noise: Annotated[Optional[str], typer.Option(help="also run the first strategy with differential privacy at each "
+                                                    "of these noise multipliers, e.g. 0.1,0.5 (the DP table)")] = None,
     baselines: Annotated[Optional[bool], typer.Option("--baselines/--no-baselines", help="also train centralized and "
                                                       "local-only runs (default: federated.baselines)")] = None,
 ):
@@ -154,8 +157,12 @@ def federate(
 
     recipe, overrides = _split_recipe(recipe, overrides)
     names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
+    try:
+        noise = [float(x) for x in dp_noise.split(",") if x.strip()] if dp_noise else None
+    except ValueError:
+        raise TunelabError(f"--dp-noise '{dp_noise}': give comma-separated numbers, e.g. 0.1,0.5") from None
     run_federate(recipe or "sentiment-federated", overrides, strategies=names, superlink=superlink, out=out,
-                 baselines=baselines)
+                 baselines=baselines, dp_noise=noise)
 
 
 @app.command()

@@ -9,7 +9,7 @@
       local_epochs: 1                # or local_steps
       strategy: fedavg               # fedavg (w_k = n_k / sum n) | fedprox (proximal_mu) | fedadam
       partition: {kind: dirichlet, alpha: 0.3}   # iid | dirichlet | quantity
-      dp: {noise: 0.5, clip: 1.0, side: server}  # optional: differential privacy (Flower's wrappers)
+      dp: {noise: 0.5, clip: 1.0}    # optional: central differential privacy (Flower's wrappers)
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ class PartitionConfig(BaseModel):
 
 
 class PrivacyConfig(BaseModel):
-    """Differential privacy from Flower's strategy wrappers: updates clipped to `clip` (L2) and Gaussian
-    noise of std noise x clip added to the sum (server side) or by each client (client side)."""
+    """Central differential privacy from Flower's server-side strategy wrappers: each client's update is
+    clipped to `clip` (L2 norm) and Gaussian noise of std noise x clip / sampled clients is added to
+    the average. (Flower's client-side variants need its clipping mod on every client: not offered.)"""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -42,7 +43,6 @@ class PrivacyConfig(BaseModel):
     clip: float = Field(1.0, gt=0, description="L2 clipping norm of each client's update (fixed clipping) or "
                         "its starting value (adaptive)")
     clipping: Literal["fixed", "adaptive"] = "fixed"
-    side: Literal["server", "client"] = Field("server", description="where the clipping happens")
     delta: float | None = Field(None, gt=0, lt=1, description="delta of the (epsilon, delta) figure; default 1/n")
 
 

@@ -25,7 +25,6 @@ from pathlib import Path
 from tunelab.config.load import merge_dicts, parse_overrides, read_recipe, validate_config
 from tunelab.console import console
 from tunelab.data.splits import Splits
-from tunelab.errors import TunelabError
 from tunelab.federated.partition import read_partition, write_partitions
 from tunelab.federated.report import write_federate_report
 from tunelab.federated.run import deploy, simulate
@@ -35,20 +34,31 @@ from tunelab.runs.rundir import RunDir
 from tunelab.session import Session
 
 
+def variants(raw: dict, strategies: list[str], dp_noise: list[float]) -> dict[str, dict]:
+    """Run folder name -> recipe: each strategy, then the first one with each DP noise level (server-side
+    fixed clipping unless the recipe's federated.dp says otherwise)."""
+    out = {s: merge_dicts(copy.deepcopy(raw), {"federated": {"strategy": s}}) for s in strategies}
+    dp = (raw.get("federated") or {}).get("dp") or {}
+    for noise in dp_noise:
+        out[f"{strategies[0]}-dp{noise:g}"] = merge_dicts(copy.deepcopy(raw), {"federated": {
+            "strategy": strategies[0], "dp": {**dp, "noise": noise}}})
+    return out
+
+
 def federate(recipe: str | None, overrides: list[str] | None = None, *, strategies: list[str] | None = None,
-             superlink: str | None = None, out: str | None = None, baselines: bool | None = None) -> Path:
+             superlink: str | None = None, out: str | None = None, baselines: bool | None = None,
+             dp_noise: list[float] | None = None) -> Path:
     raw, _ = read_recipe(recipe)
     if overrides:
         raw = merge_dicts(raw, parse_overrides(overrides))
     cfg = validate_config(raw)
     fed = cfg.federated
     check_clients(fed)
-    names = strategies or [fed.strategy]
-    configs = {s: validate_config(merge_dicts(copy.deepcopy(raw), {"federated": {"strategy": s}})) for s in names}
+    configs = {name: validate_config(r) for name, r in variants(raw, strategies or [fed.strategy], dp_noise or []).items()}
+    for c in configs.values():
+        check_clients(c.federated)
+    names = list(configs)
     root = Path(out) if out else Path(cfg.output.root) / f"federate-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    for s in names:
-        if (root / s / "summary.json").is_file():
-            raise TunelabError(f"'{root / s}' already holds a finished federated run; choose another --out")
     root.mkdir(parents=True, exist_ok=True)
     partitions = root / "partitions"
     from tunelab.tasks import make_task
@@ -70,6 +80,10 @@ def federate(recipe: str | None, overrides: list[str] | None = None, *, strategi
         c = configs[s]
         run_cfg = c.model_copy(update={"output": c.output.model_copy(update={"dir": str(root / s)})})
         run_dir = root / s
+        if (run_dir / "summary.json").is_file():  # a folder being continued: this one is done
+            console.print(f"{run_dir} is complete; kept")
+            results[s] = {"run": str(run_dir), "wall_seconds": json.loads((run_dir / "summary.json").read_text())["wall_seconds"]}
+            continue
         if not (run_dir / "config.yaml").is_file():
             RunDir.create(run_cfg)
         t0 = time.perf_counter()
@@ -101,13 +115,23 @@ def _budget_raw(raw: dict, cfg, out: Path) -> dict:
 def run_baselines(raw: dict, cfg, root: Path, splits: Splits, partitions: Path, clients: list[dict]) -> dict:
     """Centralized (all data pooled) and local-only (each client alone), same passes over the data."""
     out = {}
-    console.print("\n[bold]== centralized[/] (all the clients' data pooled)")
-    c = validate_config(_budget_raw(raw, cfg, root / "centralized"))
-    t0 = time.perf_counter()
-    Session.from_config(c, overwrite=True).run()
-    out["centralized"] = {"run": str(root / "centralized"), "wall_seconds": round(time.perf_counter() - t0, 1)}
+
+    def done(folder: Path, key: str) -> bool:
+        if (folder / "summary.json").is_file():  # a folder being continued
+            out[key] = {"run": str(folder), "wall_seconds": json.loads((folder / "summary.json").read_text())["wall_seconds"]}
+            return True
+        return False
+
+    if not done(root / "centralized", "centralized"):
+        console.print("\n[bold]== centralized[/] (all the clients' data pooled)")
+        c = validate_config(_budget_raw(raw, cfg, root / "centralized"))
+        t0 = time.perf_counter()
+        Session.from_config(c, overwrite=True).run()
+        out["centralized"] = {"run": str(root / "centralized"), "wall_seconds": round(time.perf_counter() - t0, 1)}
     for info in clients:
         name = info["name"]
+        if done(root / "local" / name, f"local/{name}"):
+            continue
         console.print(f"\n[bold]== local-only {name}[/] ({info['train']} examples, tested on the shared test split)")
         c = validate_config(_budget_raw(raw, cfg, root / "local" / name))
         _, train, val = read_partition(partitions / name)

@@ -76,6 +76,12 @@ def write_federate_report(root: Path, cfg, strategies: list[str], clients: list[
              f"metric on the shared test split.",
              "Clients: " + ", ".join(f"{c['name']} {c['train']} train" + (f" {c['labels']}" if c.get("labels") else "")
                                      for c in clients) + "."]
+    info0 = _read(Path(results[strategies[0]]["run"]) / "federated" / "federated.json")
+    r0 = _rounds(Path(results[strategies[0]]["run"]))
+    if info0 and r0:
+        intro.append(f"What travels: one update is {_mb(r0[0].get('bytes_per_update'))} ({info0['trainable_params']:,} "
+                     f"trainable parameters) each way per client per round; the whole model would be "
+                     f"{_mb(info0['full_model_bytes'])} (fp32, {info0['total_params']:,} parameters).")
     extra = []
     plots = _plot(root, strategies, results, metric_name(results, strategies))
     for name in strategies:

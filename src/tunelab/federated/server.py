@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from tunelab.console import console
 from tunelab.federated.strategy import Guarded, base_strategy, privacy_accountant, with_privacy
 from tunelab.models.state import count_parameters
-from tunelab.runs.io import atomic_write_json
+from tunelab.runs.io import atomic_write_json, atomic_write_text
 from tunelab.runs.rundir import RunDir
 from tunelab.session import Session
 from tunelab.train.callbacks import save_best
@@ -45,6 +45,11 @@ class GlobalModel:
         self.session.prepare()
         self.session.evaluate_before()
         self.done = state["round"] if state else 0
+        if state:  # what was logged after the resume point belongs to a round that never completed
+            self.run.truncate_metrics(self.done)
+            kept = [r for r in self.rounds() if r["round"] <= self.done]
+            atomic_write_text(self.dir / "rounds.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+            console.print(f"Resuming the federation after round {self.done} of {self.fed.rounds}")
         self.best = state.get("best") if state else None
         self.t0 = time.perf_counter() - (state["seconds"] if state else 0.0)
         self.strategy: Guarded | None = None
@@ -122,7 +127,7 @@ class GlobalModel:
             inner = with_privacy(base_strategy(fed, clients), fed, clients, self.accountant)
             self.strategy = Guarded(inner, round_offset=self.done, min_replies=fed.min_clients)
             console.print(f"[bold]Federated[/] {fed.strategy}, {clients} clients, rounds {self.done + 1}-{fed.rounds}"
-                          + (f", DP noise {fed.dp.noise} clip {fed.dp.clip} ({fed.dp.side} side)" if fed.dp else ""))
+                          + (f", DP noise {fed.dp.noise} clip {fed.dp.clip} ({fed.dp.clipping} clipping)" if fed.dp else ""))
             self.strategy.start(grid, self.initial_arrays(), num_rounds=remaining, timeout=fed.round_timeout_s,
                                 train_config=self.train_config(), evaluate_fn=self.evaluate)
         self.finish()
@@ -174,6 +179,7 @@ def make_server_app(run_dir: str | Path | None = None, partitions: str | Path | 
     def main(grid: Grid, context: Context) -> None:
         folder = run_dir or context.run_config["run-dir"]
         parts = partitions or context.run_config.get("partitions") or None
-        GlobalModel(folder, parts).run_rounds(grid)
+        with RunDir.open(folder).hold():  # `tunelab runs` shows it running; a second server is refused
+            GlobalModel(folder, parts).run_rounds(grid)
 
     return app

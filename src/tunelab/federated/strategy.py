@@ -18,8 +18,6 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
-    DifferentialPrivacyClientSideAdaptiveClipping,
-    DifferentialPrivacyClientSideFixedClipping,
     DifferentialPrivacyServerSideAdaptiveClipping,
     DifferentialPrivacyServerSideFixedClipping,
     FedAdam,
@@ -64,11 +62,10 @@ def with_privacy(strategy: FedAvg, fed: FederatedConfig, clients: int, accountan
         return strategy
     sampled = strategy.min_train_nodes
     if dp.clipping == "fixed":
-        cls = DifferentialPrivacyServerSideFixedClipping if dp.side == "server" else DifferentialPrivacyClientSideFixedClipping
-        return cls(strategy, noise_multiplier=dp.noise, clipping_norm=dp.clip, num_sampled_clients=sampled,
-                   accountant=accountant)
-    cls = DifferentialPrivacyServerSideAdaptiveClipping if dp.side == "server" else DifferentialPrivacyClientSideAdaptiveClipping
-    return cls(strategy, noise_multiplier=dp.noise, num_sampled_clients=sampled, initial_clipping_norm=dp.clip)
+        return DifferentialPrivacyServerSideFixedClipping(strategy, noise_multiplier=dp.noise, clipping_norm=dp.clip,
+                                                          num_sampled_clients=sampled, accountant=accountant)
+    return DifferentialPrivacyServerSideAdaptiveClipping(strategy, noise_multiplier=dp.noise, num_sampled_clients=sampled,
+                                                         initial_clipping_norm=dp.clip)
 
 
 def privacy_accountant(fed: FederatedConfig, clients: int):
@@ -131,12 +128,14 @@ class Guarded(Strategy):
         size = nbytes(arrays)
         self.rounds[r] = {"round": r, "sampled": len(messages), "bytes_sent": size * len(messages),
                           "bytes_per_update": size, "left_out": [], "clients": []}
+        self.waiting = {m.metadata.dst_node_id for m in messages}
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         r = server_round + self.offset
         rec = self.rounds.setdefault(r, {"round": r, "left_out": [], "clients": []})
         good, received = [], 0
+        replies = list(replies)
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
@@ -157,6 +156,10 @@ class Guarded(Strategy):
             rec["clients"].append({"client": name, **{k: float(v) for k, v in metrics.items()
                                                       if isinstance(v, (int, float))}})
             good.append(msg)
+        replied = {msg.metadata.src_node_id for msg in replies}
+        for node in sorted(getattr(self, "waiting", set()) - replied):  # crashed or too slow: no reply at all
+            rec["left_out"].append({"client": self.names.get(node, f"node {node}"),
+                                    "reason": "no reply before federated.round_timeout_s"})
         rec["bytes_received"] = received
         if len(good) < self.min_replies:
             rec["skipped"] = f"{len(good)} usable update(s), fewer than federated.min_clients"
