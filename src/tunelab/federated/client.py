@@ -129,7 +129,7 @@ def train_round(recipe: dict, node: dict, config: dict, state: dict[str, torch.T
         shutil.rmtree(workdir, ignore_errors=True)
     # The same keys from every client (Flower's aggregation requires it): the task's headline metric.
     metric = session.metric
-    metrics = {"num-examples": float(len(splits.train)), "client-index": float(index), "train-loss": float(last.loss or 0.0),
+    metrics = {"num-examples": float(len(splits.train)), "unit-weight": 1.0, "client-index": float(index), "train-loss": float(last.loss or 0.0),
                "steps": float(session.state["step"]), "seconds": float(session.state["train_seconds"]),
                "val-loss": float(last.validation.get("loss", 0.0)), f"val-{metric}": float(last.validation.get(metric, 0.0))}
     return new, {"name": name, **metrics}

@@ -33,9 +33,12 @@ from tunelab.errors import TunelabError
 def base_strategy(fed: FederatedConfig, clients: int) -> FedAvg:
     """Flower's strategy for `federated.strategy`; FedAvg weights each update by its num-examples."""
     sampled = max(fed.min_clients, int(fed.fraction * clients))
+    # Under DP every client weighs the same (DP-FedAvg's uniform mean: Flower's accountant requires it, and
+    # n_k itself would be revealed); otherwise FedAvg's w_k = n_k / sum n.
     common = dict(fraction_train=fed.fraction, fraction_evaluate=0.0, min_train_nodes=min(sampled, clients),
                   min_available_nodes=min(fed.min_clients, clients), min_evaluate_nodes=0,
-                  train_metrics_aggr_fn=aggregate_client_metrics)
+                  train_metrics_aggr_fn=aggregate_client_metrics,
+                  weighted_by_key="unit-weight" if fed.dp is not None else "num-examples")
     if fed.strategy == "fedprox":
         return FedProx(proximal_mu=fed.proximal_mu, **common)
     if fed.strategy == "fedadam":
@@ -50,7 +53,7 @@ def aggregate_client_metrics(records, weighted_by_key: str) -> MetricRecord:
     out: dict[str, float] = {}
     for w, r in zip(weights, records):
         for k, v in next(iter(r.metric_records.values())).items():
-            if isinstance(v, (int, float)) and k not in ("client-index",):
+            if isinstance(v, (int, float)) and k not in ("client-index", "unit-weight"):
                 out[k] = out.get(k, 0.0) + w * float(v) / total
     out[weighted_by_key] = total
     return MetricRecord(out)
