@@ -94,9 +94,11 @@ def write_federate_report(root: Path, cfg, strategies: list[str], clients: list[
             m = metric_name(results, [name])
             weighted = _weighted(clients_m, f"val-{m}")
             left = "; ".join(f"{x['client']}: {x['reason']}" for x in r.get("left_out", []))
-            body.append([r["round"], _f(val.get(m)), _f(val.get("loss")), _f(weighted), len(clients_m), left,
+            second = "perplexity" if m == "loss" else "loss"
+            body.append([r["round"], _f(val.get(m)), _f(val.get(second)), _f(weighted), len(clients_m), left,
                          _mb(r.get("bytes_sent")), _mb(r.get("bytes_received")), _f(r.get("seconds"), 1)])
-        extra += markdown_table(["round", f"global val {metric_name(results, [name])}", "global val loss",
+        m = metric_name(results, [name])
+        extra += markdown_table(["round", f"global val {m}", f"global val {'perplexity' if m == 'loss' else 'loss'}",
                                  "clients' own val (weighted)", "clients", "left out", "sent", "received", "seconds"], body)
         extra.append("")
     write_table_report(root, f"Federated: {cfg.name}", intro, head, rows, plots, extra)
