@@ -191,8 +191,12 @@ def fit(model: torch.nn.Module, cfg: TrainConfig, hooks: LoopHooks, callbacks: S
     loop = Loop(model, optimizer, scheduler, method, cfg, state, accelerator)
 
     def emit(event: str, *args) -> None:
+        # A callback need not subclass Callback: the events it does not define are skipped (a user's
+        # duck-typed callback keeps working when the loop gains an event).
         for cb in callbacks:
-            getattr(cb, event)(loop, *args)
+            fn = getattr(cb, event, None)
+            if fn is not None:
+                fn(loop, *args)
 
     def evaluate() -> None:
         metrics = hooks.validate(loop.unwrapped)
