@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -144,6 +143,3 @@ def run_baselines(raw: dict, cfg, root: Path, splits: Splits, partitions: Path, 
         out[f"local/{name}"] = {"run": str(root / "local" / name), "wall_seconds": round(time.perf_counter() - t0, 1)}
     return out
 
-
-def local_summary(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "worst": min(values), "best": max(values)} if values else {}
