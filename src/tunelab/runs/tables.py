@@ -34,3 +34,15 @@ def write_table_report(root: Path, title: str, intro: list[str], head: list[str]
             + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
             + f"</table>{imgs}</body></html>")
     atomic_write_text(root / "report.html", html)
+
+
+def save_figure(fig, root: Path, name: str) -> Path:
+    """root/plots/<name>.png from a matplotlib figure (closed afterwards)."""
+    import matplotlib.pyplot as plt
+
+    (root / "plots").mkdir(parents=True, exist_ok=True)
+    path = root / "plots" / f"{name}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -38,6 +38,10 @@ class Task:
     higher_is_better: ClassVar[dict[str, bool]] = {"loss": False}
     #: `tunelab export --onnx` can export this task's model
     onnx_export: ClassVar[bool] = False
+    #: the test figure `tunelab compress` ranks smaller models by (see `test_quality`)
+    quality_metric: ClassVar[str] = "loss"
+    #: distillation compares teacher and student token by token (so both need one vocabulary)
+    token_level_distillation: ClassVar[bool] = False
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -99,6 +103,17 @@ class Task:
     def validate(self, model) -> dict:
         raise NotImplementedError
 
+    # -- knowledge distillation (tunelab distill) --------------------------------------------------
+    def target_logits(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (n, classes) and targets (n,) that the task's loss compares: one row per example
+        (classification) or per target token (generation)."""
+        raise NotImplementedError
+
+    def teacher_logits(self, teacher, splits) -> torch.Tensor | None:
+        """The teacher's logits for every training example, computed once (row i: splits.train row i),
+        or None when the teacher must run beside the student on each batch. `teacher` is a Predictor."""
+        raise NotImplementedError
+
     def metric_for_best(self) -> str:
         return self.cfg.train.metric_for_best or self.default_metric
 
@@ -114,6 +129,10 @@ class Task:
     def evaluate(self, model, desc: str | None = "Evaluating") -> dict:
         """Test-split metrics of `model`."""
         raise NotImplementedError
+
+    def test_quality(self, model) -> dict:
+        """Test-split metrics that include `quality_metric`, as cheaply as they can be had."""
+        return self.evaluate(model, None)
 
     def summary_fields(self) -> dict:
         """Task-specific entries of summary.json."""

@@ -71,6 +71,8 @@ class GenerativeTask(Task):
     kind = "generation"
     default_metric = "loss"
     higher_is_better = {"loss": False, "perplexity": False}
+    quality_metric = "perplexity"
+    token_level_distillation = True
     #: the headline test metric of the report
     primary_metric: ClassVar[str]
     #: the fields a row of this task's data has (data.columns maps a file's columns onto them)
@@ -270,6 +272,22 @@ class GenerativeTask(Task):
     def validate(self, model) -> dict:
         return self.teacher_forced_loss(model, self.enc["validation"])
 
+    def target_logits(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (n, vocab) and targets (n,) of every position that predicts a target token."""
+        if not self.seq2seq and keeps_logits(model):
+            return reply_logits(model, batch)
+        labels = batch["labels"]
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs, labels=labels if self.seq2seq else None, use_cache=False).logits
+        if not self.seq2seq:  # position t predicts token t+1
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        return logits[labels != IGNORE], labels[labels != IGNORE]
+
+    def teacher_logits(self, teacher, splits):
+        """None: a generative teacher runs beside the student on every batch (token-level KD): its
+        full-vocabulary logits over the training set (49k x every reply token) are too big to keep."""
+        return None
+
     # -- evaluation ----------------------------------------------------------------------------
     @torch.no_grad()
     def teacher_forced_loss(self, model, enc: GenEncoded, desc: str | None = "Validating") -> dict:
@@ -281,14 +299,7 @@ class GenerativeTask(Task):
             for idx in length_grouped_batches(enc.lengths, self.cfg.eval.batch_size, None, True):
                 batch = {k: v.to(device) for k, v in self.collate(idx, enc, packing=False).items()}
                 with autocast(self.precision, device):
-                    if not self.seq2seq and keeps_logits(model):
-                        logits, targets = reply_logits(model, batch)
-                    else:
-                        labels = batch.pop("labels")
-                        logits = model(**batch, labels=labels if self.seq2seq else None, use_cache=False).logits
-                        if not self.seq2seq:  # position t predicts token t+1
-                            logits, labels = logits[:, :-1], labels[:, 1:]
-                        logits, targets = logits[labels != IGNORE], labels[labels != IGNORE]
+                    logits, targets = self.target_logits(model, batch)
                 nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
                 total += float(nll)
                 count += len(targets)
@@ -314,6 +325,11 @@ class GenerativeTask(Task):
     def generate(self, model, prompts: list[str], gen=None, desc: str | None = None, max_length: int | None = None) -> list[str]:
         return generate_texts(model, self.tok, prompts, gen or self.cfg.generate, seq2seq=self.seq2seq,
                               precision=self.precision, max_length=max_length or self.cfg.model.max_length, desc=desc)
+
+    def test_quality(self, model) -> dict:
+        """Teacher-forced perplexity of the test replies: every model variant is scored on the same
+        reference tokens, without the cost (and sampling noise) of generating."""
+        return self.teacher_forced_loss(model, self.enc["test"], None)
 
     def evaluate(self, model, desc: str | None = "After") -> dict:
         return self.score(model, self.test_convs, self.test_refs, desc=desc)
@@ -342,7 +358,8 @@ class GenerativeTask(Task):
             conv = self.test_convs[i]
             sample = {"input": conv[-2]["content"] if len(conv) > 1 else "", "reference": self.test_refs[i][0]}
             for name, m in columns.items():
-                sample[name] = m["predictions"][i]
+                if "predictions" in m:  # a column read from another run's summary (a teacher's) has none
+                    sample[name] = m["predictions"][i]
             samples.append(sample)
         numbers = {name: {k: v for k, v in m.items() if k != "predictions"} for name, m in columns.items()}
         return {"columns": numbers, "samples": samples}

@@ -56,6 +56,7 @@ class ClassificationTask(Task):
     default_metric = "macro_f1"
     higher_is_better = {"macro_f1": True, "accuracy": True, "weighted_f1": True, "loss": False}
     onnx_export = True
+    quality_metric = "macro_f1"
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -154,6 +155,17 @@ class ClassificationTask(Task):
 
     def validate(self, model) -> dict:
         return self.metrics(model, self.enc["validation"], "Validating")
+
+    def target_logits(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return model(**{k: v for k, v in batch.items() if k != "labels"}).logits, batch["labels"]
+
+    def teacher_logits(self, teacher, splits) -> torch.Tensor:
+        """Computed once with the teacher's own tokenizer: a class distribution per example does not
+        depend on how the student tokenizes, so teacher and student may differ in vocabulary.
+        Returned as log-probabilities (the logits up to a per-row constant, which softmax ignores)."""
+        enc = teacher.task.encode(teacher.tokenizer, splits.train, "Teacher: tokenizing")
+        probs, _ = teacher.task.predict_proba(teacher.model, enc, desc="Teacher: logits on the training set")
+        return torch.from_numpy(probs).clamp_min(1e-12).log()
 
     # -- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()
