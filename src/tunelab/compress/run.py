@@ -28,6 +28,7 @@ from tunelab.runs.rundir import RunDir
 from tunelab.session import Predictor, Session
 
 CRITERIA = ("magnitude", "wanda", "structured")
+LAYER_CHOICES = ("influence", "spaced")
 
 
 def finished(run_path: str | Path) -> RunDir:
@@ -87,15 +88,17 @@ def base_record(run: RunDir, predictor: Predictor, model) -> dict:
             "parameters": count_parameters(model)[1]}
 
 
-def describe_pruning(method: str, sparsity: float, ffn: float, layers: float) -> str:
+def describe_pruning(method: str, sparsity: float, ffn: float, layers: float, layer_choice: str = "influence") -> str:
     if method == "structured":
-        return "-".join(p for p in (f"ffn{round(100 * ffn)}" if ffn else "", f"layers{round(100 * layers)}" if layers else "") if p)
+        spaced = "-spaced" if layer_choice == "spaced" else ""
+        return "-".join(p for p in (f"ffn{round(100 * ffn)}" if ffn else "",
+                                    f"layers{round(100 * layers)}{spaced}" if layers else "") if p)
     return f"{method}{round(100 * sparsity)}"
 
 
 def prune_run(run_path: str, *, method: str = "magnitude", sparsity: float = 0.5, scope: str = "global",
-              ffn: float = 0.0, layers: float = 0.0, calibration_examples: int = 128, recover_steps: int = 0,
-              out: str | None = None, overwrite: bool = False) -> dict:
+              ffn: float = 0.0, layers: float = 0.0, layer_choice: str = "influence", calibration_examples: int = 128,
+              recover_steps: int = 0, out: str | None = None, overwrite: bool = False) -> dict:
     """Prune a finished run's merged model into its own folder; return the folder's record."""
     t0 = time.time()
     if method not in CRITERIA:
@@ -105,10 +108,12 @@ def prune_run(run_path: str, *, method: str = "magnitude", sparsity: float = 0.5
     P.check_fraction("--layers", layers)
     if method == "structured" and not (ffn or layers):
         raise TunelabError("structured pruning needs --ffn and/or --layers (the fraction of feed-forward neurons / blocks removed)")
+    if layer_choice not in LAYER_CHOICES:
+        raise TunelabError(f"--layer-choice must be influence or spaced, not '{layer_choice}'")
     if recover_steps < 0:
         raise TunelabError(f"--recover-steps must be >= 0, not {recover_steps}")
     run = finished(run_path)
-    name = describe_pruning(method, sparsity, ffn, layers) + (f"-recovered{recover_steps}" if recover_steps else "")
+    name = describe_pruning(method, sparsity, ffn, layers, layer_choice) + (f"-recovered{recover_steps}" if recover_steps else "")
     out_dir = Path(out) if out else run.path / f"pruned-{name}"
     check_target(out_dir, overwrite)
     predictor, model = merged(run)
@@ -129,7 +134,8 @@ def prune_run(run_path: str, *, method: str = "magnitude", sparsity: float = 0.5
                 info["ffn_width"] = P.prune_ffn(model, ffn, scores)
                 info["ffn_removed"] = ffn
             if layers:
-                info["layers_kept"] = P.prune_layers(model, layers, influence)
+                info["layers_kept"] = P.prune_layers(model, layers, influence if layer_choice == "influence" else None)
+                info["layer_choice"] = layer_choice
                 info["layer_influence"] = [round(x, 5) for x in influence]
     if recover_steps:
         model, info["recovery"] = recover(run, predictor, model, out_dir, recover_steps, zeros=method != "structured")

@@ -327,9 +327,10 @@ class GenerativeTask(Task):
                               precision=self.precision, max_length=max_length or self.cfg.model.max_length, desc=desc)
 
     def test_quality(self, model) -> dict:
-        """Teacher-forced perplexity of the test replies: every model variant is scored on the same
-        reference tokens, without the cost (and sampling noise) of generating."""
-        return self.teacher_forced_loss(model, self.enc["test"], None)
+        """Teacher-forced perplexity of the reference replies of the evaluated test examples (the
+        summary's `perplexity`): every model variant is scored on the same tokens, without the cost
+        (and sampling noise) of generating."""
+        return self.teacher_forced_loss(model, self.encode(self.test_convs, None), None)
 
     def evaluate(self, model, desc: str | None = "After") -> dict:
         return self.score(model, self.test_convs, self.test_refs, desc=desc)

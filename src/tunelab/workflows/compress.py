@@ -75,6 +75,9 @@ def plan(run: Path, models: Path, recover: int, layers: int, student_layers: int
             pruned(method="structured", ffn=0.5, recover_steps=recover)),
         Row(f"layers-{round(100 * half)}+rec", f"layers-{round(100 * half)} + {recover}-step LoRA recovery",
             f"layers-{round(100 * half)}-rec", pruned(method="structured", layers=half, recover_steps=recover)),
+        Row(f"layers-{round(100 * half)}-spaced+rec", f"evenly spaced blocks kept ({layers - round(half * layers)} of {layers}, "
+            f"from the first) + {recover}-step LoRA recovery", f"layers-{round(100 * half)}-spaced-rec",
+            pruned(method="structured", layers=half, layer_choice="spaced", recover_steps=recover)),
         Row(f"L{student_layers}-distilled", f"student: teacher's {student_layers} layers, KD (alpha {alpha}, T {temperature})",
             f"L{student_layers}-distilled", student(f"L{student_layers}-distilled", alpha, student_layers=student_layers)),
         Row(f"L{student_layers}-labels", f"same student, labels only (same budget)", f"L{student_layers}-labels",
