@@ -6,7 +6,6 @@ student is a new run folder."""
 
 from __future__ import annotations
 
-import copy
 import shutil
 import time
 from pathlib import Path

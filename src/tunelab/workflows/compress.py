@@ -37,7 +37,7 @@ class Row:
     int8: bool = False
 
 
-def plan(run: Path, models: Path, recover: int, layers: int, student_layers: int, students: list[str],
+def plan(run: Path, recover: int, layers: int, student_layers: int, students: list[str],
          alpha: float, temperature: float, runs: Path) -> list[Row]:
     def export(**kw):
         return lambda out: export_run(str(run), out=str(out), overwrite=True, **kw)
@@ -64,7 +64,7 @@ def plan(run: Path, models: Path, recover: int, layers: int, student_layers: int
                         f"magnitude-{round(100 * s)}", pruned(method="magnitude", sparsity=s)))
     rows += [
         Row("wanda-50", "unstructured, Wanda (abs(W) x activation norm), 50%", "wanda-50", pruned(method="wanda", sparsity=0.5)),
-        Row(f"magnitude-50+rec", f"magnitude 50% + {recover}-step LoRA recovery (re-masked)", "magnitude-50-rec",
+        Row("magnitude-50+rec", f"magnitude 50% + {recover}-step LoRA recovery (re-masked)", "magnitude-50-rec",
             pruned(method="magnitude", sparsity=0.5, recover_steps=recover)),
         Row("ffn-50", "structured: half the feed-forward neurons of every block", "ffn-50", pruned(method="structured", ffn=0.5)),
         Row(f"layers-{round(100 * third)}", f"structured: {round(third * layers)} of {layers} blocks removed (least influence)",
@@ -80,7 +80,7 @@ def plan(run: Path, models: Path, recover: int, layers: int, student_layers: int
             pruned(method="structured", layers=half, layer_choice="spaced", recover_steps=recover)),
         Row(f"L{student_layers}-distilled", f"student: teacher's {student_layers} layers, KD (alpha {alpha}, T {temperature})",
             f"L{student_layers}-distilled", student(f"L{student_layers}-distilled", alpha, student_layers=student_layers)),
-        Row(f"L{student_layers}-labels", f"same student, labels only (same budget)", f"L{student_layers}-labels",
+        Row(f"L{student_layers}-labels", "same student, labels only (same budget)", f"L{student_layers}-labels",
             student(f"L{student_layers}-labels", 0.0, student_layers=student_layers)),
     ]
     for s in students:
@@ -110,7 +110,7 @@ def compress_run(run_path: str, *, out: str | None = None, recover_steps: int = 
         export_run(str(run.path), out=str(fp32), overwrite=True)
     layers = json.loads((fp32 / "config.json").read_text(encoding="utf-8")).get("num_hidden_layers", 2)
     k = student_layers or max(1, layers // 2)
-    rows = plan(run.path, models, recover_steps, layers, k, list(students), alpha, temperature, runs)
+    rows = plan(run.path, recover_steps, layers, k, list(students), alpha, temperature, runs)
     if only:
         unknown = [o for o in only if o not in {r.name for r in rows}]
         if unknown:
