@@ -146,6 +146,16 @@ def setup_threads(threads: int | None = None) -> None:
 
 
 def peak_rss_mb() -> float:
+    """This process's own peak resident memory (MiB). Linux's VmHWM belongs to the address space, which
+    exec replaces; getrusage's ru_maxrss survives exec, so a process started by a parent that had grown
+    to 2 GB (compress's rows after a recovery fine-tune) reported the parent's 2 GB."""
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -20,19 +20,6 @@ from pathlib import Path
 import torch
 
 
-def peak_rss_mb() -> float:
-    """This process's own peak resident memory (MiB): VmHWM belongs to the address space, which exec
-    replaces. getrusage's ru_maxrss does not do here: it survives exec, so a row started by a parent
-    that had grown to 2 GB (a recovery fine-tune) reported 2 GB for every row after it."""
-    with open("/proc/self/status", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def median_ms(fn, reps: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         fn()
@@ -48,7 +35,7 @@ def measure(folder: str, run: str, int8: bool = False, threads: int = 2, batch: 
     from tunelab.export.folder import folder_mb
     from tunelab.export.quantize import int8_dynamic, load_export, state_mb
     from tunelab.runs.rundir import RunDir
-    from tunelab.runtime import setup_threads
+    from tunelab.runtime import peak_rss_mb, setup_threads
     from tunelab.tasks import make_task
     from tunelab.tasks.generation import generation_kwargs
 
