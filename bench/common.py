@@ -35,13 +35,29 @@ def peak_rss_mb() -> float:
 
 def machine() -> dict:
     """What the numbers were measured on: the CPU model, the instruction-set flags that decide which
-    kernels run (bf16 is fast only with AVX512-BF16 or AMX), torch's CPU capability, the CPU kind and
-    the cores (tunelab.runtime.cpu_description). Recorded with every result."""
+    kernels run (bf16 is fast only with AVX512-BF16 or AMX), torch's CPU capability, the CPU kind, any
+    ISA cap (--isa) and the cores (tunelab.runtime.cpu_description). Recorded with every result."""
     from tunelab.runtime import cpu_description
 
     d = cpu_description()
     return {"cpu": d["model"], "cpu_flags": d["flags"], "cpu_kind": d["kind"], "torch_capability": d["torch_capability"],
-            "cores": d["cores"]}
+            "cores": d["cores"], **({"isa_cap": d["isa_cap"]} if "isa_cap" in d else {})}
+
+
+# --isa avx2: torch's kernels held to AVX2 (ATen, oneDNN, MKL; tunelab.runtime.ISA_CAPS) on an AVX-512
+# machine, to measure the code paths of an AVX2-only CPU where none is at hand. Same instructions, not the
+# same chip: clocks, caches and memory are this machine's, so such results go to their own folder.
+ISA_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def results_dir(device: str = "cpu") -> Path:
+    """bench/results/<cpu kind>/ (avx512-bf16, avx512, avx2, ...; "-capped" when --isa holds the kernels
+    below what the CPU has), or bench/results/cuda/: every kind keeps its own tables."""
+    if device == "cuda":
+        return RESULTS / "cuda"
+    m = machine()
+    return RESULTS / (m["cpu_kind"] + ("-capped" if "isa_cap" in m else ""))
 
 
 def versions() -> dict:

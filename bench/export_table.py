@@ -9,7 +9,7 @@ size on disk (MiB, every file the variant needs: weights + config + tokenizer, p
 (median ms of a batch of 32 test texts and of a single text, tokenization included, 2 threads), and
 accuracy / macro-F1 on the run's full test split. `chat` measures greedy generation tokens/s of the
 merged export vs the unmerged adapter (same prompts, same max_new_tokens, fp32, batch 1). Results are
-merged into bench/results/export.json, and export.md is rewritten from it."""
+merged into bench/results/<cpu kind>/export.json, and export.md is rewritten from it."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import machine
+from bench.common import machine, results_dir
 from tunelab.data import load_splits
 from tunelab.export.folder import folder_mb
 from tunelab.export.quantize import load_export, state_mb
@@ -31,7 +31,6 @@ from tunelab.metrics.classification import classification_metrics
 from tunelab.session import Predictor
 from tunelab.workflows.export import export_run
 
-RESULTS = Path(__file__).parent / "results"
 SENTIMENT = "/work/main/runs/sentiment-lora-20261123-194401"
 CHAT = "/work/main/runs/chat-chitchat-smollm2-20261123-213400"
 VARIANTS = {  # name: export_run kwargs (None: the unmerged adapter, loaded by tunelab)
@@ -210,7 +209,7 @@ def write_markdown(data: dict) -> None:
                   f"| merged export (plain transformers) | {g['merged_tokens_per_s']:.2f} |", "",
                   f"Speed-up {g['speedup']}x; identical greedy generations: {g['identical_generations']}; merged folder "
                   f"{g['merged_size_mb']:.0f} MiB.", ""]
-    (RESULTS / "export.md").write_text("\n".join(lines), encoding="utf-8")
+    (results_dir() / "export.md").write_text("\n".join(lines), encoding="utf-8")
 
 
 def main() -> None:
@@ -222,7 +221,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="fixed random subsample of the test split")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     a = ap.parse_args()
-    path = RESULTS / "export.json"
+    path = results_dir() / "export.json"
     data = json.loads(path.read_text()) if path.is_file() else {}
     work = Path(a.work)
     cpu = machine()
@@ -235,7 +234,7 @@ def main() -> None:
         run = a.run or CHAT
         data["chat"] = chat(run, work, a.max_new_tokens)
         data["chat_meta"] = {"run": run, "cpu": cpu}
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results_dir().mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
     write_markdown(data)
 

@@ -3,8 +3,8 @@
 could reach; MFU uses it) and their median (what a shared machine typically gives).
 
 bf16 on a CPU without AVX512-BF16 or AMX has no fast kernel (a 2048x2048 bf16 matmul took over 13
-minutes on an AVX2-only EPYC, and tunelab trains in fp32 there): a 256x256 probe first, and the bf16
-peak is skipped (recorded as null, with the reason) when the full size would take over 10 s."""
+minutes on an AVX2-only EPYC, and tunelab trains in fp32 there): its peak is skipped (recorded as null,
+with the reason and the speed of one 512x512 probe)."""
 
 from __future__ import annotations
 
@@ -32,20 +32,22 @@ def gemm_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 10, device: str
     return 2 * n**3 / min(times), 2 * n**3 / statistics.median(times)
 
 
-def bf16_is_slow(n: int = 2048, budget_s: float = 10.0) -> str | None:
-    """Why bf16 is not measured on this CPU, or None when it has a fast path (or the probe is quick)."""
+def bf16_is_slow(probe: int = 512) -> str | None:
+    """Why the bf16 peak is not measured on this CPU, or None when it has native bf16 (AVX512-BF16/AMX).
+    Without it tunelab trains in fp32, so the bf16 peak is no MFU denominator; one probe-sized matmul says
+    how slow the emulation is. A time projection from a small probe was not enough: on an AVX-512 Xeon
+    capped to AVX2 a 256x256 probe projected 9.7 s for 2048x2048 and the measurement ran past 5 minutes."""
     from tunelab.runtime import cpu_has_bf16
 
     if cpu_has_bf16():
         return None
-    a = torch.randn(256, 256, dtype=torch.bfloat16)
+    a = torch.randn(probe, probe, dtype=torch.bfloat16)
+    a @ a
     t0 = time.perf_counter()
     a @ a
-    projected = (time.perf_counter() - t0) * (n / 256) ** 3
-    if projected > budget_s:
-        return (f"no fast bf16 kernel on this CPU ({torch.backends.cpu.get_cpu_capability()}): one {n}x{n} matmul "
-                f"would take ~{projected:.0f} s; tunelab trains in fp32 here")
-    return None
+    gflops = 2 * probe**3 / (time.perf_counter() - t0) / 1e9
+    return (f"no native bf16 on this CPU ({torch.backends.cpu.get_cpu_capability()}; a {probe}x{probe} bf16 matmul "
+            f"ran at {gflops:.0f} GFLOP/s): tunelab trains in fp32 here")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Benchmark driver: runs every configuration of a workload in its own subprocess (so peak RSS is that
 run's), baseline and tunelab interleaved, repeated; measures the GEMM peak in the same run; writes
-bench/results/<workload>.json and the table bench/results/README.md (median and min-max).
+bench/results/<cpu kind>/<workload>.json and that folder's README.md (median and min-max tables).
 
     python -m bench.run                       # everything (make bench)
     python -m bench.run --workload sentiment  # one workload (chunks for a shared machine)
     python -m bench.run --quick               # tiny sizes, 1 repeat: checks the suite works (make bench-quick)
+    python -m bench.run --isa avx2            # torch's kernels held to AVX2 on an AVX-512 CPU: bench/results/avx2-capped/
     python -m bench.run --device cuda         # both sides on the CUDA GPU: results in bench/results/cuda/
 """
 
@@ -18,17 +19,19 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import machine
+from bench.common import ISA_ENV, machine, results_dir
 from bench.table import write_readme
 
 ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results"
 
-# workload -> (module, baseline impl, data sizes, quick sizes)
+# workload -> (module, baseline impls: the docs' defaults first, then the expert's, data sizes, quick sizes).
+# Sizes and repeats keep `make bench` under 40 minutes on a 2-core fp32-only CPU: 26 min on an AVX-512 Xeon
+# capped to AVX2, whose fp32 training ran ~1.5x faster than the AVX2 EPYC's (68 vs 43 tweets/s). More
+# sizes: --size N (merged into the results).
 WORKLOADS = {
-    "sentiment": ("bench.sentiment", "hf", [500, 1000, 2000], [64]),
-    "chat": ("bench.chat", "trl", [8, 16, 32], [8]),
-    "generation": ("bench.generation", "loop", [4, 8, 16], [2]),
+    "sentiment": ("bench.sentiment", ["hf", "hf-expert"], [500, 2000], [64]),
+    "chat": ("bench.chat", ["trl", "trl-expert"], [8, 16], [8]),
+    "generation": ("bench.generation", ["loop"], [4, 8], [2]),
 }
 
 
@@ -46,7 +49,7 @@ def child(module: str, *args: str, baseline: bool = False) -> dict:
 
 def run_workload(name: str, repeats: int, quick: bool, only_sizes: list[int] | None, previous: dict | None,
                  device: str = "cpu") -> dict:
-    module, baseline, sizes, quick_sizes = WORKLOADS[name]
+    module, baselines, sizes, quick_sizes = WORKLOADS[name]
     sizes = only_sizes or (quick_sizes if quick else sizes)
     # --size reruns some sizes and keeps the other sizes' records (and GEMM peaks) of the previous result.
     records = [r for r in (previous or {}).get("records", []) if r["size"] not in sizes]
@@ -54,10 +57,11 @@ def run_workload(name: str, repeats: int, quick: bool, only_sizes: list[int] | N
     gemm = [*(previous or {}).get("gemm", []), child("bench.gemm", *on)] if records else [child("bench.gemm", *on)]
     for rep in range(repeats):
         for size in sizes:
-            # Alternate which side goes first so slow drifts of the shared machine hit both alike.
-            for impl in ([baseline, "tunelab"] if rep % 2 == 0 else ["tunelab", baseline]):
+            # Rotate which side goes first so slow drifts of the machine hit every side alike.
+            sides = [*baselines, "tunelab"]
+            for impl in sides[rep % len(sides):] + sides[:rep % len(sides)]:
                 t0 = time.time()
-                rec = child(module, "--impl", impl, "--size", str(size), *on, baseline=impl == baseline)
+                rec = child(module, "--impl", impl, "--size", str(size), *on, baseline=impl != "tunelab")
                 rec["repeat"] = rep
                 records.append(rec)
                 print(f"  {name} {impl:8s} size {size:5d} rep {rep}: {rec['examples_per_s']:.2f} ex/s, "
@@ -69,7 +73,7 @@ def run_workload(name: str, repeats: int, quick: bool, only_sizes: list[int] | N
     for rec in records:
         if "flops_per_s" in rec:
             rec["mfu"] = rec["flops_per_s"] / peak[rec["precision"] if rec["precision"] in peak else "fp32"]
-    return {"workload": name, "baseline": baseline, "device": device, "repeats": repeats, "quick": quick, "gemm": gemm,
+    return {"workload": name, "baseline": baselines[0], "baselines": baselines, "device": device, "repeats": repeats, "quick": quick, "gemm": gemm,
             "gemm_peak_gflops": {k: v / 1e9 for k, v in peak.items()}, "records": records,
             "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
 
@@ -77,20 +81,30 @@ def run_workload(name: str, repeats: int, quick: bool, only_sizes: list[int] | N
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workload", choices=list(WORKLOADS), action="append", help="default: all")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat, results not written over")
     p.add_argument("--size", type=int, action="append", help="run only this data size (repeatable), merged into "
                    "the existing results: splits a long workload into chunks")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where both sides run; CUDA results go "
                    "to their own folder")
+    p.add_argument("--isa", choices=list(ISA_ENV), help="hold torch's CPU kernels (ATen, oneDNN, MKL) to this "
+                   "instruction set: an AVX2-only CPU's code paths on an AVX-512 machine (results in <kind>-capped/)")
     args = p.parse_args()
-    out_dir = (RESULTS / "cuda" if args.device == "cuda" else RESULTS) / ("quick" if args.quick else "")
+    if args.isa:  # set before anything imports torch in the children (and in this process's results_dir)
+        os.environ.update(ISA_ENV[args.isa])
+        import torch
+
+        if torch.backends.cpu.get_cpu_capability() != args.isa.upper():
+            sys.exit(f"--isa {args.isa}: torch was already loaded with {torch.backends.cpu.get_cpu_capability()}")
+    out_dir = results_dir(args.device) / ("quick" if args.quick else "")
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in args.workload or list(WORKLOADS):
         print(f"{name}:", flush=True)
         path = out_dir / f"{name}.json"
         previous = json.loads(path.read_text()) if args.size and path.exists() else None
+        t0 = time.time()
         result = run_workload(name, 1 if args.quick else args.repeats, args.quick, args.size, previous, args.device)
+        result["minutes"] = (time.time() - t0) / 60
         path.write_text(json.dumps(result, indent=1))
     write_readme(out_dir)
     print(f"results in {out_dir}")

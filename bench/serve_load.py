@@ -4,7 +4,7 @@ an asyncio client sending N requests at concurrency C, with dynamic batching on 
     /work/cpu python bench/serve_load.py [--run RUN] [--requests 2000] [--concurrency 32] [--gen-run RUN]
 
 Classification: one real tweet per request to a sentiment run. Generation (optional, --gen-run): short
-greedy chat completions to a chat run. Writes bench/results/serve_load.json and serve_load.md.
+greedy chat completions to a chat run. Writes bench/results/<cpu kind>/serve_load.json and serve_load.md.
 Latency is per request, from send to full response, measured by the client.
 """
 
@@ -25,7 +25,6 @@ import httpx2 as httpx  # the HTTP client the pinned `openai` package ships with
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 
 
 def free_port() -> int:
@@ -139,8 +138,11 @@ def main() -> None:
             results.append(scenario(label, args.gen_run, "/v1/chat/completions", gen, gen[:4], args.concurrency, flags))
     out = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "run": args.run, "gen_run": args.gen_run,
            "gen_tokens": args.gen_tokens if args.gen_run else None, "results": results}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "serve_load.json").write_text(json.dumps(out, indent=2) + "\n")
+    from bench.common import results_dir
+
+    out_dir = results_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "serve_load.json").write_text(json.dumps(out, indent=2) + "\n")
     lines = ["# tunelab serve load test", "",
              f"Loopback, {out['machine']}, server and client on the same machine. Classification: `{args.run}`, "
              f"one real tweet per request. " + (f"Chat: `{args.gen_run}`, greedy, max_tokens {args.gen_tokens}." if args.gen_run else ""),
@@ -149,7 +151,7 @@ def main() -> None:
     for r in results:
         lines.append(f"| {r['scenario']} | {r['requests']} | {r['concurrency']} | {r['throughput_rps']} | {r['p50_ms']} | "
                      f"{r['p95_ms']} | {r['p99_ms']} | {r['errors']} | {r['model_calls']} | {r['mean_batch']} |")
-    (RESULTS / "serve_load.md").write_text("\n".join(lines) + "\n")
+    (out_dir / "serve_load.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -6,7 +6,7 @@ The packaged sentiment-lora recipe on a subsample, 1 epoch, as `tunelab train` i
 run, with tracking.backends = [] / [mlflow] / [mlflow, wandb, tensorboard] (W&B offline), arms
 alternated. Reported: training seconds (the loop, where the trackers' per-step calls land) and wall
 seconds of the whole command (imports, store creation, artifact upload included).
-Results: bench/results/tracking_overhead.json and .md, with the CPU.
+Results: bench/results/<cpu kind>/tracking_overhead.json and .md, with the CPU.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import machine, scratch_dir
+from bench.common import machine, results_dir, scratch_dir
 
-RESULTS = Path(__file__).resolve().parent / "results"
 ARMS = {"none": "[]", "mlflow": "[mlflow]", "all three": "[mlflow,wandb,tensorboard]"}
 
 
@@ -48,8 +47,8 @@ def main() -> None:
     summary = {arm: {k: round(statistics.median(r[k] for r in runs if r["arm"] == arm), 1)
                      for k in ("train_seconds", "wall_seconds")} for arm in ARMS}
     record = {"machine": machine(), "size": args.size, "repeats": args.repeats, "runs": runs, "median": summary}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "tracking_overhead.json").write_text(json.dumps(record, indent=2) + "\n")
+    results_dir().mkdir(parents=True, exist_ok=True)
+    (results_dir() / "tracking_overhead.json").write_text(json.dumps(record, indent=2) + "\n")
     m = record["machine"]
     lines = ["# Tracking overhead", "", f"`tunelab train sentiment-lora` on {args.size} tweets x 1 epoch "
              f"({runs[0]['steps']} steps), one fresh process per run, arms alternated, median of {args.repeats}.",
@@ -58,7 +57,7 @@ def main() -> None:
     base = summary["none"]["wall_seconds"]
     for arm, v in summary.items():
         lines.append(f"| {ARMS[arm]} | {v['train_seconds']} | {v['wall_seconds']} | {v['wall_seconds'] - base:+.1f} s |")
-    (RESULTS / "tracking_overhead.md").write_text("\n".join(lines) + "\n")
+    (results_dir() / "tracking_overhead.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -6,7 +6,7 @@
 pruning: one random-sampler study run twice with the same seed, so both arms draw the same 16
 configurations in the same order; the only difference is the pruner. That isolates what pruning
 saves (trial compute, summed over trials) and whether it costs the best value: the best trial is lost
-only if the pruner stopped it. Results: bench/results/tune_<name>.json and .md, with the CPU.
+only if the pruner stopped it. Results: bench/results/<cpu kind>/tune_<name>.json and .md, with the CPU.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ import json
 import time
 from pathlib import Path
 
-from bench.common import machine, scratch_dir, setup
+from bench.common import machine, results_dir, scratch_dir, setup
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 # 2,000 tweets x 2 epochs (126 steps), validation every 25 steps on 800 tweets: 5 reports per trial.
 PRUNING = ["data.max_train_samples=2000", "data.max_eval_samples=800", "train.epochs=2", "train.eval_every_steps=25",
@@ -77,8 +76,8 @@ def recipe(out: Path | None) -> dict:
 
 def write(name: str, doc: dict) -> None:
     doc = {"measured": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), **machine(), **doc}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"tune_{name}.json").write_text(json.dumps(doc, indent=1))
+    results_dir().mkdir(parents=True, exist_ok=True)
+    (results_dir() / f"tune_{name}.json").write_text(json.dumps(doc, indent=1))
     lines = [f"# tune {name} ({doc['measured']}; {doc['cpu']}, {doc['cores']} cores, flags {' '.join(doc['cpu_flags'])})", ""]
     arms = doc.get("arms") or {"study": doc["study"]}
     keys = ["wall_seconds", "trials", "complete", "pruned", "failed", "trial_seconds_sum", "steps_sum", "best_value", "best_trial"]
@@ -87,7 +86,7 @@ def write(name: str, doc: dict) -> None:
     if "compute_saved_percent" in doc:
         lines += ["", f"Pruning saved {doc['compute_saved_percent']}% of trial compute ({doc['steps_saved_percent']}% of "
                   f"training steps); best value with pruning minus without: {doc['best_value_delta']:+.4f}."]
-    (RESULTS / f"tune_{name}.md").write_text("\n".join(lines) + "\n")
+    (results_dir() / f"tune_{name}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

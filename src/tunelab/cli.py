@@ -385,7 +385,7 @@ def params(
 def main() -> None:
     # Idle OpenMP threads sleep instead of spinning at each barrier: beside one busy process a 2-core
     # training run took 3.0x (2,000 tweets) and 3.8x (640) its time alone with torch's default spin-waiting,
-    # 1.4x and 1.1x with PASSIVE; alone the same within noise (bench/results/contention-*.md). libgomp
+    # 1.4x and 1.1x with PASSIVE; alone the same within noise (bench/results/avx512-bf16/contention-*.md). libgomp
     # reads this when torch loads it, so it is set before anything imports torch; a user's value wins.
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"

@@ -14,27 +14,13 @@ import os
 import torch
 
 
-@functools.cache
-def cpu_has_bf16() -> bool:
-    """True when the CPU has native bf16 dot products (AVX512-BF16 or AMX); elsewhere bf16 autocast
-    is emulated and slower than fp32."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
+# Environment variables that cap the instruction set torch's kernels use below what the CPU has: ATen's
+# own vectorized kernels, oneDNN (bf16 matmuls, convolutions) and MKL (fp32 GEMMs). With all three at
+# AVX2, an AVX-512 machine runs the code paths of an AVX2-only one (bench.run --isa avx2).
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
-SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
-
-
-def cpu_description() -> dict:
-    """What a timing was measured on: the CPU model, the flags that decide which kernels run, torch's
-    CPU capability and a short kind ("avx512-bf16", "avx512", "avx2", "other") to group results by."""
+def _cpuinfo() -> tuple[str, set[str]]:
     model, flags = "?", set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -46,9 +32,44 @@ def cpu_description() -> dict:
                     break
     except OSError:
         pass
-    kind = ("avx512-bf16" if cpu_has_bf16() else "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "other")
-    return {"model": model, "kind": kind, "flags": [f for f in SPEED_FLAGS if f in flags],
-            "torch_capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count()}
+    return model, flags
+
+
+def isa_capped() -> bool:
+    """True when this process's kernels are held below AVX-512 by ISA_CAPS (torch reports AVX2 or less)."""
+    return any(os.environ.get(v) for v in ISA_CAPS) and torch.backends.cpu.get_cpu_capability() not in ("AVX512",)
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 dot products (AVX512-BF16 or AMX) and this process may use them;
+    elsewhere bf16 autocast is emulated and slower than fp32 (a 2048x2048 bf16 matmul took 13+ minutes on
+    an AVX2-only EPYC)."""
+    return bool(_cpuinfo()[1] & {"avx512_bf16", "amx_bf16"}) and not isa_capped()
+
+
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
+
+
+def cpu_kind() -> str:
+    """"avx512-bf16", "avx512", "avx2" or "other": what decides which kernels run, from the flags and
+    torch's CPU capability (so an AVX-512 machine capped to AVX2 counts as "avx2")."""
+    flags, capability = _cpuinfo()[1], torch.backends.cpu.get_cpu_capability()
+    if cpu_has_bf16():
+        return "avx512-bf16"
+    if "avx512f" in flags and capability == "AVX512":
+        return "avx512"
+    return "avx2" if "avx2" in flags else "other"
+
+
+def cpu_description() -> dict:
+    """What a timing was measured on: the CPU model, the flags that decide which kernels run, torch's
+    CPU capability, the kind (cpu_kind) to group results by, and any ISA cap set in the environment."""
+    model, flags = _cpuinfo()
+    caps = {v: os.environ[v] for v in ISA_CAPS if os.environ.get(v)}
+    return {"model": model, "kind": cpu_kind(), "flags": [f for f in SPEED_FLAGS if f in flags],
+            "torch_capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(),
+            **({"isa_cap": caps} if isa_capped() else {})}
 
 
 def resolve_device(requested: str = "auto") -> str:
