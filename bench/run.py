@@ -73,8 +73,8 @@ def run_workload(name: str, repeats: int, quick: bool, only_sizes: list[int] | N
     for rec in records:
         if "flops_per_s" in rec:
             rec["mfu"] = rec["flops_per_s"] / peak[rec["precision"] if rec["precision"] in peak else "fp32"]
-    return {"workload": name, "baseline": baselines[0], "baselines": baselines, "device": device, "repeats": repeats, "quick": quick, "gemm": gemm,
-            "gemm_peak_gflops": {k: v / 1e9 for k, v in peak.items()}, "records": records,
+    return {"workload": name, "baseline": baselines[0], "baselines": baselines, "device": device, "repeats": repeats,
+            "quick": quick, "gemm": gemm, "gemm_peak_gflops": {k: v / 1e9 for k, v in peak.items()}, "records": records,
             "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
 
 

@@ -47,8 +47,9 @@ def main() -> None:
     summary = {arm: {k: round(statistics.median(r[k] for r in runs if r["arm"] == arm), 1)
                      for k in ("train_seconds", "wall_seconds")} for arm in ARMS}
     record = {"machine": machine(), "size": args.size, "repeats": args.repeats, "runs": runs, "median": summary}
-    results_dir().mkdir(parents=True, exist_ok=True)
-    (results_dir() / "tracking_overhead.json").write_text(json.dumps(record, indent=2) + "\n")
+    out = results_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tracking_overhead.json").write_text(json.dumps(record, indent=2) + "\n")
     m = record["machine"]
     lines = ["# Tracking overhead", "", f"`tunelab train sentiment-lora` on {args.size} tweets x 1 epoch "
              f"({runs[0]['steps']} steps), one fresh process per run, arms alternated, median of {args.repeats}.",
@@ -57,7 +58,7 @@ def main() -> None:
     base = summary["none"]["wall_seconds"]
     for arm, v in summary.items():
         lines.append(f"| {ARMS[arm]} | {v['train_seconds']} | {v['wall_seconds']} | {v['wall_seconds'] - base:+.1f} s |")
-    (results_dir() / "tracking_overhead.md").write_text("\n".join(lines) + "\n")
+    (out / "tracking_overhead.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

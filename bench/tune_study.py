@@ -76,8 +76,9 @@ def recipe(out: Path | None) -> dict:
 
 def write(name: str, doc: dict) -> None:
     doc = {"measured": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), **machine(), **doc}
-    results_dir().mkdir(parents=True, exist_ok=True)
-    (results_dir() / f"tune_{name}.json").write_text(json.dumps(doc, indent=1))
+    out = results_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"tune_{name}.json").write_text(json.dumps(doc, indent=1))
     lines = [f"# tune {name} ({doc['measured']}; {doc['cpu']}, {doc['cores']} cores, flags {' '.join(doc['cpu_flags'])})", ""]
     arms = doc.get("arms") or {"study": doc["study"]}
     keys = ["wall_seconds", "trials", "complete", "pruned", "failed", "trial_seconds_sum", "steps_sum", "best_value", "best_trial"]
@@ -86,7 +87,7 @@ def write(name: str, doc: dict) -> None:
     if "compute_saved_percent" in doc:
         lines += ["", f"Pruning saved {doc['compute_saved_percent']}% of trial compute ({doc['steps_saved_percent']}% of "
                   f"training steps); best value with pruning minus without: {doc['best_value_delta']:+.4f}."]
-    (results_dir() / f"tune_{name}.md").write_text("\n".join(lines) + "\n")
+    (out / f"tune_{name}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

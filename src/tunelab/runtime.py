@@ -20,7 +20,9 @@ import torch
 ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
-def _cpuinfo() -> tuple[str, set[str]]:
+@functools.cache
+def _cpuinfo() -> tuple[str, frozenset[str]]:
+    """The CPU's model name and flags, read once per process."""
     model, flags = "?", set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -32,12 +34,12 @@ def _cpuinfo() -> tuple[str, set[str]]:
                     break
     except OSError:
         pass
-    return model, flags
+    return model, frozenset(flags)
 
 
 def isa_capped() -> bool:
     """True when this process's kernels are held below AVX-512 by ISA_CAPS (torch reports AVX2 or less)."""
-    return any(os.environ.get(v) for v in ISA_CAPS) and torch.backends.cpu.get_cpu_capability() not in ("AVX512",)
+    return any(os.environ.get(v) for v in ISA_CAPS) and torch.backends.cpu.get_cpu_capability() != "AVX512"
 
 
 @functools.cache
