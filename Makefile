@@ -4,11 +4,15 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements-assets.txt constraints.txt | cksum | cut -d' ' -f1)
 SYSTEM_STAMP := $(VENV)/.system-packages
+PYC_STAMP := $(VENV)/.compiled
 
 .PHONY: run test install clean bench bench-quick
 
-# --no-compile: pip byte-compiled every installed module (ray, gradio, mlflow, ... most never imported by
-# a run): 147 s -> 59 s for the fresh install on a 2-core Xeon. Python compiles what a run imports on first use.
+# pip installs without byte-compiling: it compiled every module of every package one file at a time, 88 of
+# the 147 s of a fresh install on a 2-core Xeon, before `make run` could start. Python compiles what a run
+# imports on first use (~10 s). With PYTHONDONTWRITEBYTECODE set (as on our CI machines) it would redo that in
+# every process, which doubled the test suite (42 min): $(PYC_STAMP) compiles everything on both cores (~60 s)
+# before the tests and benchmarks, which start hundreds of processes.
 $(STAMP): pyproject.toml requirements-assets.txt constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --no-compile --upgrade pip
@@ -33,19 +37,24 @@ $(SYSTEM_STAMP):
 	  else echo "note: the UI browser tests need: apt-get install chromium (as root)"; fi; fi
 	mkdir -p $(VENV) && touch $(SYSTEM_STAMP)
 
-install: $(STAMP) $(SYSTEM_STAMP)
+# compileall exits non-zero on the odd template file that is not Python (pip skips those too).
+$(PYC_STAMP): $(STAMP)
+	$(BIN)/python -m compileall -q -j 0 $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') >/dev/null || true
+	touch $(PYC_STAMP)
+
+install: $(STAMP) $(PYC_STAMP) $(SYSTEM_STAMP)
 
 run: $(STAMP)
 	$(BIN)/tunelab train
 
-test: $(STAMP) $(SYSTEM_STAMP)
+test: $(STAMP) $(PYC_STAMP) $(SYSTEM_STAMP)
 	$(BIN)/python -m pytest
 
 # Benchmarks vs the Hugging Face baselines (never part of `make test`): results in bench/results/.
-bench: $(STAMP)
+bench: $(STAMP) $(PYC_STAMP)
 	$(BIN)/python -m bench.run
 
-bench-quick: $(STAMP)
+bench-quick: $(STAMP) $(PYC_STAMP)
 	$(BIN)/python -m bench.run --quick
 
 clean:
