@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from bench.common import ISA_ENV, machine, results_dir, scratch_dir
-from bench.sentiment import CLI_SAME_AS_HF
+from bench.sentiment import SAME_AS_HF
 
 ROOT = Path(__file__).resolve().parent.parent
 SIDES = ("tunelab", "hf")
@@ -36,7 +36,7 @@ def one(side: str, policy: str, busy: bool, root: Path, i: int, size: int) -> fl
         env["OMP_WAIT_POLICY"] = policy if policy != "unset" else ""
         if side == "tunelab":
             subprocess.run([sys.executable, "-m", "tunelab", "train", "sentiment-lora", f"data.max_train_samples={size}",
-                            *CLI_SAME_AS_HF, "train.epochs=1", "eval.before=false", f"output.dir={out}"], check=True, env=env,
+                            *SAME_AS_HF, "train.epochs=1", "eval.before=false", f"output.dir={out}"], check=True, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             return json.loads((out / "summary.json").read_text())["train_seconds"]
         # the baseline as a user runs it: torch's own kernel-cache sizes (bench.run does the same)

@@ -23,21 +23,17 @@ BATCH = 32
 # The adapter and data the HF baseline below is written with (LoRA r=8 on query/value of every layer, lr 1e-3,
 # the 10% validation split), pinned on tunelab's side too: the packaged recipe now adapts only the top layers
 # (less work per step), which would make the ratio compare different jobs.
-SAME_AS_HF = {"method": {"target_modules": ["query", "value"], "top_k_layers": None},
-              "data": {"split": {"validation": 0.1, "test": 0.1, "seed": 1234}}, "train": {"lr": 1.0e-3}}
-CLI_SAME_AS_HF = ["method.target_modules=[query,value]", "method.top_k_layers=null", "data.split.validation=0.1",
-                  "train.lr=1e-3"]
+SAME_AS_HF = ["method.target_modules=[query,value]", "method.top_k_layers=null", "data.split.validation=0.1",
+              "train.lr=1e-3"]
 
 
 def config(size: int, device: str = "cpu"):
     from tunelab.config.load import load_config
 
-    return load_config("sentiment-lora", {
-        "method": SAME_AS_HF["method"],
-        "data": {**SAME_AS_HF["data"], "max_train_samples": size, "max_eval_samples": VALIDATION},
-        "train": {**SAME_AS_HF["train"], "epochs": 1, "early_stopping_patience": None, "device": device},
-        "output": {"dir": scratch_dir() + "/run"},
-    })
+    return load_config("sentiment-lora", [
+        *SAME_AS_HF, f"data.max_train_samples={size}", f"data.max_eval_samples={VALIDATION}", "train.epochs=1",
+        "train.early_stopping_patience=null", f"train.device={device}", f"output.dir={scratch_dir()}/run",
+    ])
 
 
 def run_tunelab(size: int, device: str = "cpu") -> dict:
