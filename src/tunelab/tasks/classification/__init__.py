@@ -21,6 +21,7 @@ from tunelab.data.splits import read_labelled_file
 from tunelab.metrics.classification import classification_metrics, majority_baseline
 from tunelab.models.catalog import hf_source, load_error
 from tunelab.models.cpu_kernels import use_cpu_kernels
+from tunelab.models.head_positions import first_token_only
 from tunelab.runtime import autocast
 from tunelab.tasks.base import Task, register
 from tunelab.tasks.batching import length_grouped_batches, length_stats
@@ -29,6 +30,8 @@ from tunelab.tasks.batching import length_grouped_batches, length_stats
 class ClassificationConfig(TaskConfig):
     type: Literal["classification"] = "classification"
     labels: list[str] | None = Field(None, description="label order; default: sorted names from train")
+    first_token_only: bool = Field(True, description="BERT-style heads: the last layer computes only the first token, "
+                                   "the one the head reads (same logits; models/head_positions.py)")
 
 
 @dataclass
@@ -104,6 +107,8 @@ class ClassificationTask(Task):
         model.config.pad_token_id = tok.pad_token_id
         if model_cfg.cpu_kernels:
             use_cpu_kernels(model)
+        if self.cfg.task.first_token_only:
+            first_token_only(model)
         self.new_modules = sorted({k.rsplit(".", 1)[0] for k in info["missing_keys"]})
         return tok, model
 
