@@ -147,17 +147,23 @@ class Timer:
 #     positions whose logits the loss needs (forward + input gradient: 4*n_loss*V*d).
 
 
-def encoder_train_flops(cfg, lengths, lora_r: int, lora_modules: int) -> float:
-    """BERT-style encoder, frozen base + LoRA on `lora_modules` d x d maps per layer; `lengths` = real
-    tokens of each trained sequence."""
+def encoder_train_flops(cfg, lengths, lora_r: int, lora_modules: int, first_token_last_layer: bool = False) -> float:
+    """BERT-style encoder, frozen base + LoRA on `lora_modules` d x d maps per layer (query and value when
+    2); `lengths` = real tokens of each trained sequence. `first_token_last_layer`: the last layer computes
+    only the first token's output (models/head_positions.py): keys and values of all n tokens, the query,
+    attention output map, feed-forward block and the query's LoRA for one."""
     d, f, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
     p_lin = 4 * d * d + 2 * d * f
     lora = lora_modules * lora_r * (d + d)
+    full = L - 1 if first_token_last_layer else L
     total = 0.0
     for n in lengths:
-        fwd = L * (2 * n * p_lin + 4 * n * n * d)
-        attn_fwd = L * 4 * n * n * d
-        total += 2 * (fwd - attn_fwd) + 3 * attn_fwd + 3 * L * 2 * n * lora
+        fwd = full * (2 * n * p_lin + 4 * n * n * d)
+        attn_fwd = full * 4 * n * n * d
+        total += 2 * (fwd - attn_fwd) + 3 * attn_fwd + 3 * full * 2 * n * lora
+        if first_token_last_layer:
+            lin = 2 * (2 * n * d * d + 2 * d * d + 2 * d * f)  # K, V on n tokens; Q, O, FFN on one
+            total += 2 * lin + 3 * 4 * n * d + 3 * 2 * lora_r * (d + d) * (n + 1)  # value's LoRA on n, query's on 1
         total += 3 * 2 * (d * d + d * cfg.num_labels)  # pooler + classifier on the first token
     return total
 

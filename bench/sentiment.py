@@ -123,7 +123,10 @@ def expert_args(device: str, cpu_bf16: bool) -> dict:
 
 def record(impl, precision, model, lengths, steps, seconds, metrics, splits) -> dict:
     cfg = model.config if not hasattr(model, "get_base_model") else model.get_base_model().config
-    flops = encoder_train_flops(cfg, lengths, lora_r=8, lora_modules=2)
+    from tunelab.models.head_positions import computes_first_token_only
+
+    flops = encoder_train_flops(cfg, lengths, lora_r=8, lora_modules=2,
+                                first_token_last_layer=computes_first_token_only(model))  # executed FLOPs
     return {"workload": "sentiment", "impl": impl, "size": len(splits.train), "precision": precision, "steps": steps,
             "batch_size": BATCH, "train_seconds": round(seconds, 3), "examples": len(lengths),
             "real_tokens": int(sum(lengths)), "examples_per_s": len(lengths) / seconds,

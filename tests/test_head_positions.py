@@ -8,7 +8,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
 
 from tunelab.models import cpu_kernels as ck
-from tunelab.models.head_positions import first_token_only, restore_all_positions
+from tunelab.models.head_positions import computes_first_token_only, first_token_only, restore_all_positions
 
 
 def tiny_bert(attn: str, dropout: float = 0.0) -> BertForSequenceClassification:
@@ -59,7 +59,9 @@ def test_same_logits_and_gradients_as_every_position(attn):
     assert stock.state_dict().keys() == fast.state_dict().keys()
     hidden = fast.base_model.model.bert(input_ids=batch()["input_ids"]).last_hidden_state
     assert hidden.shape[1] == 1
+    assert computes_first_token_only(fast) and not computes_first_token_only(stock)
     restore_all_positions(fast)
+    assert not computes_first_token_only(fast)
     assert fast.base_model.model.bert(input_ids=batch()["input_ids"]).last_hidden_state.shape[1] == 12
 
 

@@ -88,6 +88,11 @@ def first_token_only(model: nn.Module) -> bool:
     return True
 
 
+def computes_first_token_only(model: nn.Module) -> bool:
+    """Whether `first_token_only` is in effect on `model` (wrapped by peft or not)."""
+    return any(isinstance(m, _FirstTokenForward) for m in model.modules())
+
+
 def restore_all_positions(model: nn.Module) -> None:
     """Undo `first_token_only`: the last layer outputs every position again (for token-level uses)."""
     for module in model.modules():
