@@ -104,3 +104,15 @@ def test_other_heads_are_left_alone():
     llama = LlamaForSequenceClassification(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64,
                                                        num_hidden_layers=2, num_attention_heads=4, num_labels=2))
     assert not first_token_only(llama)  # it reads the last real token
+
+
+def test_gradient_checkpointing_keeps_the_same_gradients():
+    stock, fast = lora(tiny_bert("sdpa")), lora(tiny_bert("sdpa"))
+    first_token_only(fast)
+    for model in (stock, fast):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    (logits, grads), (fast_logits, fast_grads) = loss_and_grads(stock), loss_and_grads(fast)
+    torch.testing.assert_close(fast_logits, logits, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == fast_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(fast_grads[name], grads[name], rtol=1e-4, atol=1e-6, msg=name)
