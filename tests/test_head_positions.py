@@ -104,6 +104,9 @@ def test_other_heads_are_left_alone():
     llama = LlamaForSequenceClassification(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64,
                                                        num_hidden_layers=2, num_attention_heads=4, num_labels=2))
     assert not first_token_only(llama)  # it reads the last real token
+    bert = tiny_bert("sdpa")
+    bert.config._attn_implementation = "flash_attention_2"  # unpads rows its own way: not tested, not applied
+    assert not first_token_only(bert)
 
 
 def test_gradient_checkpointing_keeps_the_same_gradients():

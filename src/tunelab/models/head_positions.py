@@ -21,9 +21,10 @@ from __future__ import annotations
 import functools
 import sys
 
-import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from tunelab.models.cpu_kernels import NAME as CPU_ATTENTION
 
 # The sequence-classification classes whose head reads only position 0 of the last hidden state (read
 # in their transformers 5.x source). Decoder classifiers read the last real token and are left alone.
@@ -32,6 +33,9 @@ FIRST_TOKEN_HEADS = frozenset({
     "XLMRobertaForSequenceClassification", "CamembertForSequenceClassification",
     "ElectraForSequenceClassification",
 })
+# The attention functions tested with one query row against all keys (tests/test_head_positions.py);
+# others (flash, flex) unpad and pack rows their own way and keep the stock layer.
+TESTED_ATTENTION = frozenset({"sdpa", "eager", CPU_ATTENTION})
 
 
 class _FirstTokenForward:
@@ -80,7 +84,9 @@ def first_token_only(model: nn.Module) -> bool:
     """Make the last layer of a first-token sequence classifier compute position 0 only, in place.
     Returns whether it applied. `model` may be wrapped by peft."""
     model = model.get_base_model() if hasattr(model, "get_base_model") else model
-    layer = _last_layer(model) if type(model).__name__ in FIRST_TOKEN_HEADS else None
+    supported = (type(model).__name__ in FIRST_TOKEN_HEADS
+                 and getattr(model.config, "_attn_implementation", None) in TESTED_ATTENTION)
+    layer = _last_layer(model) if supported else None
     if layer is None or not _bert_shaped(layer):
         return False
     if not isinstance(layer, _FirstTokenForward):
