@@ -14,7 +14,7 @@ from tunelab.config import load_config
 from tunelab.config.schema import GenerateConfig
 from tunelab.models.catalog import resolve_model
 from tunelab.tasks import make_task
-from tunelab.tasks.generation import generate_texts
+from tunelab.tasks.generation import generate_texts, generation_kwargs
 from tunelab.tasks.generative import IGNORE, pack_examples
 from tunelab.tasks.prompts import PLAIN_USER, Renderer
 
@@ -194,6 +194,41 @@ def test_generation_stops_at_eos(tiny_llama, smol_tok):
     smol_tok_eos = smol_tok.convert_ids_to_tokens(first)
     out = model.generate(**ids, max_new_tokens=6, do_sample=False, eos_token_id=first, pad_token_id=smol_tok.pad_token_id)
     assert out.shape[1] == ids["input_ids"].shape[1] + 1 and smol_tok_eos
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_batched_generation_on_a_static_cache_matches_plain_generate(tiny_llama, smol_tok, beams):
+    """generate_texts (length-sorted left-padded batches, a static KV cache, cpu kernels) writes exactly what
+    plain transformers writes one prompt at a time on its default cache."""
+    from tunelab.models.cpu_kernels import use_cpu_kernels
+
+    prompts = ["Hi", "Summarize: the cat sat on the mat and then slept for a long time.", "How are you today?"]
+    gen = GenerateConfig(max_new_tokens=6, batch_size=2, num_beams=beams)
+    assert generation_kwargs(smol_tok, gen, static_cache=True)["cache_implementation"] == "static"
+    ours = generate_texts(use_cpu_kernels(LlamaForCausalLM.from_pretrained(tiny_llama).eval()), smol_tok, prompts, gen,
+                          seq2seq=False, precision="fp32", max_length=256)
+    plain = LlamaForCausalLM.from_pretrained(tiny_llama).eval()
+    for prompt, text in zip(prompts, ours):
+        ids = smol_tok(prompt, return_tensors="pt", add_special_tokens=False)
+        out = plain.generate(**ids, max_new_tokens=6, num_beams=beams, do_sample=False, pad_token_id=smol_tok.pad_token_id)
+        assert text == smol_tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def test_virtual_token_adapters_generate_on_their_own_cache(tiny_llama, smol_tok):
+    """Prefix and prompt tuning bring their own KV cache (peft fails on a static one): same text as peft's
+    own generate."""
+    from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
+
+    for peft_cfg in (PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"),
+                     PromptTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM")):
+        torch.manual_seed(0)
+        model = get_peft_model(LlamaForCausalLM.from_pretrained(tiny_llama), peft_cfg).eval()
+        prompt = "Summarize: the cat sat on the mat."
+        ours = generate_texts(model, smol_tok, [prompt], GenerateConfig(max_new_tokens=5), seq2seq=False,
+                              precision="fp32", max_length=256)
+        ids = smol_tok(prompt, return_tensors="pt", add_special_tokens=False)
+        out = model.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=smol_tok.pad_token_id)
+        assert ours == [smol_tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()]
 
 
 def test_t5_path_trains_saves_and_plain_peft_generates_the_same(tiny_t5, qa_file, tmp_path):
