@@ -29,8 +29,9 @@ def describe(**env: str) -> dict:
 def test_the_kind_follows_the_flags_and_torchs_capability():
     native = describe()
     flags = _cpuinfo()[1]
-    expected = ("avx512-bf16" if flags & {"avx512_bf16", "amx_bf16"} else "avx512" if "avx512f" in flags
-                and native["torch_capability"] == "AVX512" else "avx2" if "avx2" in flags else "other")
+    expected = ("amx-bf16" if "amx_bf16" in flags else "avx512-bf16" if "avx512_bf16" in flags
+                else "avx512" if "avx512f" in flags and native["torch_capability"] == "AVX512"
+                else "avx2" if "avx2" in flags else "other")
     assert native["kind"] == expected and "isa_cap" not in native
     assert native["precision"] == ("bf16" if native["bf16"] else "fp32")
 

@@ -54,11 +54,12 @@ SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16
 
 
 def cpu_kind() -> str:
-    """"avx512-bf16", "avx512", "avx2" or "other": what decides which kernels run, from the flags and
-    torch's CPU capability (so an AVX-512 machine capped to AVX2 counts as "avx2")."""
+    """"amx-bf16", "avx512-bf16", "avx512", "avx2" or "other": what decides which kernels run, from the flags
+    and torch's CPU capability (so an AVX-512 machine capped to AVX2 counts as "avx2"). AMX is a kind of its
+    own: oneDNN runs bf16 GEMMs on its tile units, several times the AVX512-BF16 dot products' rate."""
     flags, capability = _cpuinfo()[1], torch.backends.cpu.get_cpu_capability()
     if cpu_has_bf16():
-        return "avx512-bf16"
+        return "amx-bf16" if "amx_bf16" in flags else "avx512-bf16"
     if "avx512f" in flags and capability == "AVX512":
         return "avx512"
     return "avx2" if "avx2" in flags else "other"
