@@ -17,8 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # The suite's hundreds of tiny runs are not tracked (an MLflow store per temporary folder would add
 # ~2.5 s each); tests/test_tracking.py sets tracking.backends itself.
 os.environ.setdefault("TUNELAB_TRACKING", "none")
-# As the CLI does (cli.main): idle OpenMP threads sleep, so the suite degrades gently when something
-# else runs on the machine. Set before any test imports torch.
+# Idle OpenMP threads sleep at once (the CLI spins briefly first, cli.main): the suite degrades least when
+# something else runs on the machine. Set before any test imports torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 

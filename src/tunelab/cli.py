@@ -383,12 +383,14 @@ def params(
 
 
 def main() -> None:
-    # Idle OpenMP threads sleep instead of spinning at each barrier: beside one busy process a 2-core
-    # training run took 3.0x (2,000 tweets) and 3.8x (640) its time alone with torch's default spin-waiting,
-    # 1.4x and 1.1x with PASSIVE; alone the same within noise (bench/results/avx512-bf16/contention-*.md). libgomp
-    # reads this when torch loads it, so it is set before anything imports torch; a user's value wins.
-    if "OMP_WAIT_POLICY" not in os.environ:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    # How long an idle OpenMP thread spins at a barrier before it sleeps. libgomp's default (~300,000 rounds)
+    # beside one busy process made a 2-core training run take 3.0-6.6x its time alone; sleeping at once
+    # (OMP_WAIT_POLICY=PASSIVE) 1.1-1.6x, but 8-23% slower alone; 10,000 rounds kept the speed alone and took
+    # 1.9-2.1x beside the busy process (640 tweets; AMX Xeon native and capped to AVX2; bench/README.md,
+    # "Contention"). libgomp reads these when torch loads it, so they are set before anything imports torch;
+    # a value the user set for either wins.
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["GOMP_SPINCOUNT"] = "10000"
     from tunelab.console import quiet_libraries
     from tunelab.models.cpu_kernels import cap_kernel_caches
 
