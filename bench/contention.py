@@ -27,7 +27,7 @@ SIDES = ("tunelab", "hf")
 
 
 def one(side: str, policy: str, busy: bool, root: Path, i: int, size: int) -> float:
-    out = root / f"{side}-{policy}-{'busy' if busy else 'alone'}-{i}"
+    out = root / f"{side}-{policy.replace(' ', '-')}-{'busy' if busy else 'alone'}-{i}"
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
         env = {**{k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")},

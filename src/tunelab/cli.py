@@ -385,7 +385,7 @@ def params(
 def main() -> None:
     # How long an idle OpenMP thread spins at a barrier before it sleeps. libgomp's default (~300,000 rounds)
     # beside one busy process made a 2-core training run take 3.0-6.6x its time alone; sleeping at once
-    # (OMP_WAIT_POLICY=PASSIVE) 1.1-1.6x, but 8-23% slower alone; 10,000 rounds kept the speed alone and took
+    # (OMP_WAIT_POLICY=PASSIVE) 1.1-1.6x, but 8-25% slower alone; 10,000 rounds kept the speed alone and took
     # 1.9-2.1x beside the busy process (640 tweets; AMX Xeon native and capped to AVX2; bench/README.md,
     # "Contention"). libgomp reads these when torch loads it, so they are set before anything imports torch;
     # a value the user set for either wins.

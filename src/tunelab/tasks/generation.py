@@ -28,9 +28,10 @@ def generation_kwargs(tok, gen: GenerateConfig, *, static_cache: bool = False) -
 
 
 def prompt_learning(model) -> bool:
-    """A peft model whose adapter is virtual tokens (prefix, prompt, p-tuning): peft builds their cache itself
-    and fails on a static one (KeyError 'cache_position', peft 0.21)."""
-    config = getattr(model, "active_peft_config", None)
+    """A peft model (or one in a DistributedDataParallel wrapper) whose adapter is virtual tokens (prefix,
+    prompt, p-tuning). peft builds their cache itself and fails on a static one (KeyError 'cache_position',
+    peft 0.21); the virtual tokens also shift positions against the input's."""
+    config = getattr(getattr(model, "module", model), "active_peft_config", None)
     return bool(getattr(config, "is_prompt_learning", False))
 
 

@@ -28,7 +28,7 @@ from tunelab.models.cpu_kernels import use_cpu_kernels
 from tunelab.runtime import autocast
 from tunelab.tasks.base import Task
 from tunelab.tasks.batching import length_grouped_batches, length_stats
-from tunelab.tasks.generation import generate_texts
+from tunelab.tasks.generation import generate_texts, prompt_learning
 from tunelab.tasks.prompts import Renderer, fill_template, single_turn, with_shots
 
 IGNORE = -100  # label value the loss skips (prompt tokens, padding, packing boundaries)
@@ -401,7 +401,7 @@ def keeps_logits(model) -> bool:
     only to a loss the model computes itself: both take the full-logits path."""
     model = getattr(model, "module", model)  # through a DistributedDataParallel wrapper
     peft_cfg = getattr(model, "active_peft_config", None)
-    if peft_cfg is not None and (peft_cfg.is_prompt_learning or peft_cfg.peft_type == "ADALORA"):
+    if prompt_learning(model) or getattr(peft_cfg, "peft_type", None) == "ADALORA":
         return False
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters
