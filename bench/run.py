@@ -87,7 +87,7 @@ def main() -> None:
                    "the existing results: splits a long workload into chunks")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where both sides run; CUDA results go "
                    "to their own folder")
-    p.add_argument("--isa", choices=list(ISA_ENV), help="hold torch's CPU kernels (ATen, oneDNN, MKL) to this "
+    p.add_argument("--isa", choices=list(ISA_ENV), help="hold the CPU kernels (ATen, oneDNN, MKL, fbgemm, numba) to this "
                    "instruction set: an AVX2-only CPU's code paths on an AVX-512 machine (results in <kind>-capped/)")
     args = p.parse_args()
     if args.isa:  # set before anything imports torch in the children (and in this process's results_dir)

@@ -39,10 +39,37 @@ def test_the_kind_follows_the_flags_and_torchs_capability():
 def test_an_avx2_cap_makes_an_avx512_machine_an_avx2_one():
     if "avx512f" not in _cpuinfo()[1]:
         pytest.skip("no AVX-512 on this CPU: nothing to cap")
-    capped = describe(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2", MKL_ENABLE_INSTRUCTIONS="AVX2")
+    from bench.common import ISA_ENV
+
+    capped = describe(**ISA_ENV["avx2"])
     assert capped["torch_capability"] == "AVX2" and capped["kind"] == "avx2"
-    assert capped["isa_cap"] == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    assert capped["isa_cap"] == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+                                 "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "NUMBA_CPU_NAME": "haswell"}
     assert capped["bf16"] is False and capped["precision"] == "fp32"  # no bf16 autocast on emulated kernels
+    # Only the first three decide the kind: numba's target alone leaves torch's kernels at AVX-512.
+    assert "isa_cap" not in describe(NUMBA_CPU_NAME="haswell")
+
+
+_DROPOUT_ASM = ("from tunelab.models.dropout_kernel import _kernel, warm; warm(); "
+                "print('\\n'.join(_kernel.inspect_asm().values()))")
+
+
+def test_the_avx2_cap_compiles_the_dropout_kernel_without_avx512(tmp_path):
+    """The fused dropout kernel is numba code compiled for the host CPU; under the cap it must be AVX2 code
+    (its 64-bit multiplies: AVX-512's vpmullq natively, emulated on AVX2), or capped timings flatter it."""
+    flags = _cpuinfo()[1]
+    if not {"avx512f", "avx512dq"} <= flags:
+        pytest.skip("no AVX-512 on this CPU: nothing to cap")
+    from bench.common import ISA_ENV
+
+    def asm(env: dict, cache: Path) -> str:
+        clean = {k: v for k, v in os.environ.items() if k not in ISA_CAPS and not k.startswith("NUMBA_CPU")}
+        return subprocess.run([sys.executable, "-c", _DROPOUT_ASM], capture_output=True, text=True, check=True,
+                              env={**clean, "NUMBA_CACHE_DIR": str(cache), **env}).stdout
+
+    native, capped = asm({}, tmp_path / "native"), asm(ISA_ENV["avx2"], tmp_path / "capped")  # fresh: compiled, not loaded
+    assert "vpmullq" in native and "ymm" in capped
+    assert "vpmullq" not in capped and "zmm" not in capped
 
 
 def test_bench_tables_compare_tunelab_with_each_baseline(tmp_path):

@@ -14,10 +14,14 @@ import os
 import torch
 
 
-# Environment variables that cap the instruction set torch's kernels use below what the CPU has: ATen's
-# own vectorized kernels, oneDNN (bf16 matmuls, convolutions) and MKL (fp32 GEMMs). With all three at
-# AVX2, an AVX-512 machine runs the code paths of an AVX2-only one (bench.run --isa avx2).
-ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+# Environment variables that cap the instruction set kernels use below what the CPU has: ATen's own
+# vectorized kernels, oneDNN (bf16 matmuls, convolutions), MKL (fp32 GEMMs), fbgemm (torch's int8
+# matmuls, which pick their ISA from the CPU and ignore the three above) and numba (the fused dropout
+# kernel, compiled for the host CPU unless NUMBA_CPU_NAME names another). With all of them at AVX2 /
+# haswell, an AVX-512 machine runs the code paths of an AVX2-only one (bench.run --isa avx2). The first
+# three decide `isa_capped`.
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "FBGEMM_ENABLE_INSTRUCTIONS",
+            "NUMBA_CPU_NAME")
 
 
 @functools.cache
@@ -39,7 +43,7 @@ def _cpuinfo() -> tuple[str, frozenset[str]]:
 
 def isa_capped() -> bool:
     """True when this process's kernels are held below AVX-512 by ISA_CAPS (torch reports AVX2 or less)."""
-    return any(os.environ.get(v) for v in ISA_CAPS) and torch.backends.cpu.get_cpu_capability() != "AVX512"
+    return any(os.environ.get(v) for v in ISA_CAPS[:3]) and torch.backends.cpu.get_cpu_capability() != "AVX512"
 
 
 @functools.cache
