@@ -19,10 +19,14 @@ _DESCRIBE = ("import json; from tunelab.runtime import cpu_description, cpu_has_
              "print(json.dumps({**cpu_description(), 'bf16': cpu_has_bf16(), 'precision': resolve_precision('auto', 'cpu')}))")
 
 
+def uncapped_env() -> dict:
+    """This process's environment without any ISA cap (numba's feature list included)."""
+    return {k: v for k, v in os.environ.items() if k not in ISA_CAPS and k != "NUMBA_CPU_FEATURES"}
+
+
 def describe(**env: str) -> dict:
-    clean = {k: v for k, v in os.environ.items() if k not in ISA_CAPS}
     out = subprocess.run([sys.executable, "-c", _DESCRIBE], capture_output=True, text=True, check=True,
-                         env={**clean, **env}).stdout
+                         env={**uncapped_env(), **env}).stdout
     return json.loads(out)
 
 
@@ -63,9 +67,8 @@ def test_the_avx2_cap_compiles_the_dropout_kernel_without_avx512(tmp_path):
     from bench.common import ISA_ENV
 
     def asm(env: dict, cache: Path) -> str:
-        clean = {k: v for k, v in os.environ.items() if k not in ISA_CAPS and not k.startswith("NUMBA_CPU")}
         return subprocess.run([sys.executable, "-c", _DROPOUT_ASM], capture_output=True, text=True, check=True,
-                              env={**clean, "NUMBA_CACHE_DIR": str(cache), **env}).stdout
+                              env={**uncapped_env(), "NUMBA_CACHE_DIR": str(cache), **env}).stdout
 
     native, capped = asm({}, tmp_path / "native"), asm(ISA_ENV["avx2"], tmp_path / "capped")  # fresh: compiled, not loaded
     assert "vpmullq" in native and "ymm" in capped

@@ -18,10 +18,10 @@ import torch
 # vectorized kernels, oneDNN (bf16 matmuls, convolutions), MKL (fp32 GEMMs), fbgemm (torch's int8
 # matmuls, which pick their ISA from the CPU and ignore the three above) and numba (the fused dropout
 # kernel, compiled for the host CPU unless NUMBA_CPU_NAME names another). With all of them at AVX2 /
-# haswell, an AVX-512 machine runs the code paths of an AVX2-only one (bench.run --isa avx2). The first
-# three decide `isa_capped`.
-ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "FBGEMM_ENABLE_INSTRUCTIONS",
-            "NUMBA_CPU_NAME")
+# haswell, an AVX-512 machine runs the code paths of an AVX2-only one (bench.run --isa avx2). torch's own
+# three decide `isa_capped` (and so the kind); all of them are recorded with a result.
+TORCH_ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+ISA_CAPS = (*TORCH_ISA_CAPS, "FBGEMM_ENABLE_INSTRUCTIONS", "NUMBA_CPU_NAME")
 
 
 @functools.cache
@@ -42,8 +42,8 @@ def _cpuinfo() -> tuple[str, frozenset[str]]:
 
 
 def isa_capped() -> bool:
-    """True when this process's kernels are held below AVX-512 by ISA_CAPS (torch reports AVX2 or less)."""
-    return any(os.environ.get(v) for v in ISA_CAPS[:3]) and torch.backends.cpu.get_cpu_capability() != "AVX512"
+    """True when this process's kernels are held below AVX-512 by TORCH_ISA_CAPS (torch reports AVX2 or less)."""
+    return any(os.environ.get(v) for v in TORCH_ISA_CAPS) and torch.backends.cpu.get_cpu_capability() != "AVX512"
 
 
 @functools.cache
