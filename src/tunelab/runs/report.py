@@ -110,6 +110,10 @@ def write_report(run: RunDir, summary: dict, columns: dict[str, dict], labels: l
               "total_params", "trainable_percent", "steps", "train_seconds", "peak_rss_mb"):
         if k in summary:
             lines.append(f"| {k} | {summary[k]} |")
+    if "machine" in summary:
+        from tunelab.runtime import machine_line  # torch: loaded already wherever a run is written
+
+        lines.append(f"| machine | {machine_line(summary['machine'])} |")
     for note in summary.get("data_notes", []):
         lines.append(f"\n- {note}")
     lines += ["", "## Test metrics", "", "| metric | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]

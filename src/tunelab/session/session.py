@@ -40,7 +40,8 @@ from tunelab.models.state import count_parameters
 from tunelab.runs.io import atomic_write_json
 from tunelab.runs.report import results_table, write_report
 from tunelab.runs.rundir import RunDir
-from tunelab.runtime import is_main_process, peak_rss_mb, process_rank, resolve_device, resolve_precision, setup_threads
+from tunelab.runtime import (is_main_process, machine, peak_rss_mb, process_rank, resolve_device, resolve_precision,
+                             setup_threads)
 from tunelab.tasks import make_task
 from tunelab.tracking import trackers_for
 from tunelab.train.callbacks import load_best, run_callbacks
@@ -244,7 +245,7 @@ class Session:
             "metric": self.metric, "best_validation": {self.metric: state["best_metric"]},
             "stopped_early": state["stopped_early"], "stop_reason": state.get("stop_reason"),
             "train_seconds": round(state["train_seconds"], 1), "wall_seconds": round(time.perf_counter() - self.t_start, 1),
-            "peak_rss_mb": round(peak_rss_mb(), 1), "processes": process_rank()[1],
+            "peak_rss_mb": round(peak_rss_mb(), 1), "processes": process_rank()[1], "machine": machine(self.device),
             "test": parts["columns"], "adapter": str(run.adapter_dir), "method_info": self.method.info(),
         }
         write_report(run, summary, **parts)
@@ -252,7 +253,9 @@ class Session:
             atomic_write_json(run.path / "samples.json", parts["samples"])
         console.print(results_table(parts["columns"], parts.get("labels")))
         atomic_write_json(run.summary_path, summary)  # last: its presence marks the run complete
-        console.print(f"Train time {summary['train_seconds']} s, peak RSS {summary['peak_rss_mb']} MB. "
+        m = summary["machine"]
+        console.print(f"Train time {summary['train_seconds']} s ({self.precision} on {m.get('gpu') or m['cpu_kind']}, "
+                      f"{m['threads']} threads), peak RSS {summary['peak_rss_mb']} MB. "
                       f"Report: {run.path / 'report.md'}  Adapter: {run.adapter_dir}")
         files = {"adapter": run.adapter_dir, "plots": run.plots_dir, **{n: run.path / n for n in (
             "report.md", "summary.json", "config.yaml", "metrics.jsonl", "samples.json")}}

@@ -121,8 +121,9 @@ def compare(recipe: str | None, methods: list[str] | None = None, overrides: lis
 
 
 def _document(raw: dict, names: list[str], results: list[dict], metric: str) -> dict:
+    machines = [r["machine"] for r in results if r.get("machine")]
     return {"recipe": raw.get("name"), "model": (raw.get("model") or {}).get("name"), "methods": names,
-            "metric": metric, "results": results}
+            "metric": metric, "machine": machines[0] if machines else None, "results": results}
 
 
 def method_result(run_path: str, latency_batch: int, repeats: int) -> dict:
@@ -138,6 +139,7 @@ def method_result(run_path: str, latency_batch: int, repeats: int) -> dict:
         "test_metric": summary["test"]["after"][metric], "test_accuracy": summary["test"]["after"].get("accuracy"),
         "train_seconds": summary["train_seconds"], "steps": summary["steps"], "peak_rss_mb": summary["peak_rss_mb"],
         "adapter_bytes": adapter_bytes(run.adapter_dir), **measure_latency(run_path, latency_batch, repeats),
+        "machine": summary.get("machine"),
         "lr": run.config().train.lr, "method_info": summary.get("method_info") or {}, "loss_curve": losses,
     }
 
@@ -214,6 +216,10 @@ def headers(doc: dict) -> list[str]:
 def write_compare_report(root: Path, doc: dict) -> None:
     intro = [f"Same data, split, seed and budget for every method; metric: test {doc['metric']}. "
              "Latency: median of repeated forward passes over one batch of test texts, adapter reloaded from disk."]
+    if doc.get("machine"):
+        from tunelab.runtime import machine_line
+
+        intro.append(f"Times measured on: {machine_line(doc['machine'])}.")
     write_table_report(root, f"Compare: {doc['recipe']} ({doc['model']})", intro, headers(doc), table_rows(doc),
                        plot_compare(root, doc))
 
