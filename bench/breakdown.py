@@ -26,10 +26,12 @@ from collections import defaultdict
 MATMUL = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm"}
 ELEMENTWISE = {"aten::add", "aten::add_", "aten::mul", "aten::mul_", "aten::div", "aten::div_", "aten::masked_fill_",
                "aten::masked_fill", "aten::sub", "aten::neg", "aten::where", "aten::sum", "aten::fill_", "aten::zero_"}
-LINEAR = "linear layers (mm, addmm)"
+LORA_R = 8  # bench.sentiment's rank
+ATTENTION, LORA, LINEAR = "attention products (bmm)", "LoRA products (rank-r mm)", "linear layers (mm, addmm)"
+MATMUL_KINDS = {ATTENTION, LORA, LINEAR}
 KINDS = [
-    ("attention products (bmm)", lambda n, shapes: n in MATMUL and "bmm" in n),
-    ("LoRA products (rank-r mm)", lambda n, shapes: n in MATMUL and any(LORA_R in s for s in shapes if len(s) == 2)),
+    (ATTENTION, lambda n, shapes: n in MATMUL and "bmm" in n),
+    (LORA, lambda n, shapes: n in MATMUL and any(LORA_R in s for s in shapes if len(s) == 2)),
     (LINEAR, lambda n, shapes: n in MATMUL),
     ("dropout", lambda n, shapes: "Dropout" in n or n in ("aten::bernoulli_", "aten::native_dropout")),
     ("GELU", lambda n, shapes: n.startswith("aten::gelu")),
@@ -38,8 +40,6 @@ KINDS = [
     ("copies", lambda n, shapes: n in ("aten::copy_", "aten::clone", "aten::contiguous", "aten::_to_copy")),
     ("other element-wise", lambda n, shapes: n in ELEMENTWISE),
 ]
-MATMUL_KINDS = {KINDS[0][0], KINDS[1][0], LINEAR}
-LORA_R = 8  # bench.sentiment's rank
 
 
 def kind_of(name: str, shapes: list, in_optimizer: bool) -> str:
@@ -65,19 +65,19 @@ def profile(size: int) -> dict:
     hooks = session.hooks()
     collate, validate = hooks.collate, hooks.validate
     prof = torch.profiler.profile(activities=[ProfilerActivity.CPU], record_shapes=True)
-    running = []
+    phase = {"profiling": False, "done": False}  # from the first batch to the first validation
 
     def count(idx):
-        if not running:
+        if not phase["profiling"] and not phase["done"]:
             prof.start()
-            running.append(True)
+            phase["profiling"] = True
         lengths.extend(int(task.enc["train"].lengths[i]) for i in idx)
         return collate(idx)
 
     def validate_unprofiled(model):
-        if running and running[-1]:
+        if phase["profiling"]:
             prof.stop()
-            running.append(False)
+            phase.update(profiling=False, done=True)
         return validate(model)
 
     hooks.collate, hooks.validate = count, validate_unprofiled
@@ -92,7 +92,7 @@ def profile(size: int) -> dict:
     total = sum(by_kind.values())
 
     base = session.model.get_base_model() if hasattr(session.model, "get_base_model") else session.model
-    flops = encoder_train_flops(base.config, lengths, lora_r=8, lora_modules=2,
+    flops = encoder_train_flops(base.config, lengths, lora_r=LORA_R, lora_modules=2,
                                 first_token_last_layer=computes_first_token_only(session.model))
     precision = session.precision
     peak_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -100,11 +100,12 @@ def profile(size: int) -> dict:
     peak = None if slow else gemm_flops(peak_dtype)[0]
     steps = state["step"]
     matmul = sum(v for k, v in by_kind.items() if k in MATMUL_KINDS)
-    return {"workload": "sentiment", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "size": size, "steps": steps, "precision": precision,
-            "train_seconds_profiled": round(state["train_seconds"], 3), "profiled_op_seconds": round(total, 3),
+    return {"workload": "sentiment", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "size": size,
+            "steps": steps, "precision": precision, "train_seconds_profiled": round(state["train_seconds"], 3),
+            "profiled_op_seconds": round(total, 3),
             "seconds_by_kind": {k: round(v, 3) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
-            "model_flops": flops, "matmul_gflops": flops / matmul / 1e9, "matmul_seconds": round(matmul, 3), "peak_gflops": peak and peak / 1e9,
-            "matmul_share": matmul / total, "ceiling_speedup": total / matmul,
+            "model_flops": flops, "matmul_gflops": flops / matmul / 1e9, "matmul_seconds": round(matmul, 3),
+            "peak_gflops": peak and peak / 1e9, "matmul_share": matmul / total, "ceiling_speedup": total / matmul,
             "machine": machine(), "versions": versions()}
 
 
@@ -122,13 +123,13 @@ def markdown(r: dict) -> str:
     lines.append(f"| all profiled operators | {1000 * total / steps:.1f} | 100% |")
     peak = (f"{r['peak_gflops']:.0f} GFLOP/s measured peak ({100 * r['matmul_gflops'] / r['peak_gflops']:.0f}% of it)"
             if r["peak_gflops"] else "no peak measured")
-    lines += ["", f"- Matrix products (linear layers, LoRA and attention together) run at {r['matmul_gflops']:.0f} GFLOP/s of model FLOPs (real tokens only), "
-                  f"against a {peak}.",
+    lines += ["", f"- Matrix products (linear layers, LoRA and attention together) run at {r['matmul_gflops']:.0f} "
+                  f"GFLOP/s of model FLOPs (real tokens only), against a {peak}.",
               f"- Everything outside them is {100 * (1 - r['matmul_share']):.0f}% of the "
               f"operators' time: removing all of it would make a step at most {r['ceiling_speedup']:.2f}x faster; "
               f"fusing part of it wins a part of that.",
-              f"- Training under the profiler: {r['train_seconds_profiled']:.1f} s ({1000 * r['train_seconds_profiled'] / steps:.0f} "
-              f"ms a step, the profiler's own cost included)."]
+              f"- Training under the profiler: {r['train_seconds_profiled']:.1f} s "
+              f"({1000 * r['train_seconds_profiled'] / steps:.0f} ms a step, the profiler's own cost included)."]
     return "\n".join(lines) + "\n"
 
 

@@ -85,8 +85,8 @@ def machine(device: str = "cpu") -> dict:
     in fp32 at 43 examples/s on an AVX2 EPYC and in bf16 several times faster on an AMX Xeon, so a time
     without its machine cannot be compared."""
     cpu = cpu_description()
-    out = {"device": str(device), "threads": torch.get_num_threads(), "cpu": cpu.pop("model"), "cpu_kind": cpu.pop("kind"),
-           **cpu}
+    out = {"device": str(device), "threads": torch.get_num_threads(), "cpu": cpu.pop("model"),
+           "cpu_kind": cpu.pop("kind"), **cpu}
     if torch.device(device).type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return out
